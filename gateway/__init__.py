@@ -1,0 +1,3 @@
+"""Bluezone entrance gateway."""
+
+__version__ = "0.1.0"

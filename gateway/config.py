@@ -1,0 +1,199 @@
+"""The configuration file (TOML): every key optional, every mistake named with its line.
+
+All validation happens here, before the daemon opens the database or the radio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from gateway.model import GatewayError, PresencePolicy
+
+NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""Gateway ids and sites become MQTT topic levels and file names: no '/', '+', '#' or spaces."""
+APP_DIR: Final = "bluezone-gateway"
+
+
+class ConfigError(GatewayError):
+    """A configuration file that cannot be used; names the file, key and line."""
+
+
+def default_data_dir() -> Path:
+    """Return where the gateway keeps its data when ``[gateway] data_dir`` is not set.
+
+    Under systemd that is ``$STATE_DIRECTORY`` (``StateDirectory=``, /var/lib/...); otherwise
+    ``$XDG_DATA_HOME/bluezone-gateway``, ~/.local/share/bluezone-gateway by default.
+    """
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0])
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / APP_DIR
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySection:
+    """``[gateway]``: who this gateway is and where it keeps its data."""
+
+    id: str = field(default_factory=socket.gethostname)
+    """Unique id of this gateway (default: the host name); stamped on every event."""
+    site: str = "default"
+    """The office or entrance this gateway belongs to."""
+    data_dir: Path = field(default_factory=default_data_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSection:
+    """``[store]``: the SQLite event log."""
+
+    path: Path | None = None
+    """The SQLite file; default ``<data_dir>/events.db``."""
+    retention_days: float = 21.0
+    """Events older than this are deleted (once synced, when MQTT sync is on)."""
+    synchronous: Literal["full", "normal"] = "full"
+    """``full`` survives power cuts (commits are grouped, so it costs little); ``normal`` may
+    lose the last commits on power loss but never corrupts."""
+    commit_interval_s: float = 1.0
+    """Events are committed in groups at most this far apart (one fsync per group)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration."""
+
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    store: StoreSection = field(default_factory=StoreSection)
+    presence: PresencePolicy = field(default_factory=PresencePolicy)
+    source: Path | None = None
+    """The file it was read from, if any."""
+
+    @property
+    def db_path(self) -> Path:
+        """Return the SQLite file: ``[store] path`` or ``events.db`` in the data dir."""
+        return self.store.path or self.gateway.data_dir / "events.db"
+
+
+_SECTIONS: Final[dict[str, type]] = {
+    "gateway": GatewaySection,
+    "store": StoreSection,
+    "presence": PresencePolicy,
+}
+
+
+def load(path: Path | None) -> Config:
+    """Read and validate a configuration file; ``None`` gives the defaults.
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, unknown section or key, wrong type or value.
+    """
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        msg = f"{path}: cannot read the configuration: {e}"
+        raise ConfigError(msg) from None
+    return parse(text, path)
+
+
+def parse(text: str, path: Path | None = None) -> Config:
+    """Validate configuration text (``path`` only names it in errors)."""
+    where = str(path) if path else "<config>"
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = f"{where}: not valid TOML: {e}"
+        raise ConfigError(msg) from None
+    sections: dict[str, Any] = {}
+    for name, table in doc.items():
+        if name not in _SECTIONS:
+            known = ", ".join(f"[{s}]" for s in _SECTIONS)
+            msg = f"{where}{_line(text, name, None)}: unknown section [{name}] (known: {known})"
+            raise ConfigError(msg)
+        if not isinstance(table, dict):
+            msg = f"{where}{_line(text, None, name)}: {name} must be a [{name}] section"
+            raise ConfigError(msg)
+        sections[name] = _section(_SECTIONS[name], name, table, text, where)
+    return Config(**sections, source=path)
+
+
+def _section(cls: type, name: str, table: dict[str, Any], text: str, where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        at = f"{where}{_line(text, name, key)}"
+        f = fields.get(key)
+        if f is None:
+            msg = f"{at}: unknown key {name}.{key} (known: {', '.join(fields)})"
+            raise ConfigError(msg)
+        values[key] = _coerce(f"{name}.{key}", _FIELD_TYPES.get((name, key), float), value, at)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        bad = next((k for k in table if k in str(e)), None)
+        msg = f"{where}{_line(text, name, bad)}: [{name}] {e}"
+        raise ConfigError(msg) from None
+
+
+# What each key holds; anything not listed is a number (int or float).
+_FIELD_TYPES: Final[dict[tuple[str, str], Any]] = {
+    ("gateway", "id"): "name",
+    ("gateway", "site"): "name",
+    ("gateway", "data_dir"): Path,
+    ("store", "path"): Path,
+    ("store", "synchronous"): ("full", "normal"),
+    ("presence", "checkin_samples"): int,
+    ("presence", "max_devices"): int,
+}
+
+
+def _coerce(key: str, kind: Any, value: Any, at: str) -> Any:
+    if kind == "name":
+        if isinstance(value, str) and NAME_RE.match(value):
+            return value
+        msg = f"{at}: {key} must be 1-64 letters, digits, '.', '_' or '-', got {value!r}"
+    elif kind is Path:
+        if isinstance(value, str) and value:
+            return Path(value).expanduser()
+        msg = f"{at}: {key} must be a path (a string), got {value!r}"
+    elif isinstance(kind, tuple):
+        if value in kind:
+            return value
+        msg = f"{at}: {key} must be one of {', '.join(map(repr, kind))}, got {value!r}"
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        msg = f"{at}: {key} must be an integer, got {value!r}"
+    else:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        msg = f"{at}: {key} must be a number, got {value!r}"
+    raise ConfigError(msg)
+
+
+def _line(text: str, section: str | None, key: str | None) -> str:
+    """Return ``:N`` for the line defining ``key`` in ``[section]`` (best effort), else ''."""
+    current = None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        header = re.match(r"^\[\s*([^\]\s]+)\s*\]", stripped)
+        if header:
+            current = header.group(1)
+            if key is None and current == section:
+                return f":{number}"
+            continue
+        if (
+            key is not None
+            and current == section
+            and re.match(rf"^\"?{re.escape(key)}\"?\s*=", stripped)
+        ):
+            return f":{number}"
+    return ""

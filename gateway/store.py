@@ -1,0 +1,469 @@
+"""Event log and MQTT outbox in SQLite; the only module that touches the database."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+
+from sqlite_utils import Database, Migrations
+
+from gateway.model import EventType, GatewayError, PresenceEvent, iso_utc
+
+_LOGGER = logging.getLogger(__name__)
+
+EVENT_FIELDS: Final = (
+    "id", "seq", "gateway", "site", "type", "ts", "app", "platform", "rolling_id", "rssi_max",
+    "sightings", "first_seen", "last_seen", "dwell_s", "entry_id", "checked_in", "clock_synced",
+)  # fmt: skip
+"""Keys of an event dict, in the order of the JSON contract."""
+
+MAX_BUFFERED_ROWS: Final = 500
+"""Rows that force a commit before ``commit_interval_s`` is up: one outbox batch of `sync`."""
+
+# Raw SQL because sqlite-utils' create() cannot say AUTOINCREMENT: with it SQLite keeps the
+# highest seq ever used in sqlite_sequence, so pruning the newest rows never lets a seq recur.
+# STRICT (SQLite >= 3.37; Bookworm has 3.40) rejects a wrongly typed value instead of storing it.
+_SCHEMA_V1: Final = """
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    gateway TEXT NOT NULL,
+    site TEXT NOT NULL,
+    type TEXT NOT NULL CHECK (type IN ('entry', 'exit')),
+    ts TEXT NOT NULL,
+    app TEXT NOT NULL,
+    platform TEXT,
+    rolling_id TEXT,
+    rssi_max INTEGER NOT NULL,
+    sightings INTEGER NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    dwell_s REAL,
+    entry_id TEXT,
+    checked_in INTEGER CHECK (checked_in IN (0, 1)),
+    clock_synced INTEGER NOT NULL CHECK (clock_synced IN (0, 1)),
+    ts_unix REAL NOT NULL
+) STRICT;
+CREATE INDEX events_ts_unix ON events (ts_unix);
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY REFERENCES events (seq) ON DELETE CASCADE
+) STRICT;
+"""
+_INSERT_SQL: Final = "INSERT INTO events ({}) VALUES ({})".format(  # noqa: S608 - constants only
+    ", ".join((*EVENT_FIELDS, "ts_unix")), ", ".join("?" * (len(EVENT_FIELDS) + 1))
+)
+_BUSY_TIMEOUT_MS: Final = 5000  # wait out another connection's brief lock (recovery, checkpoint)
+_JOURNAL_SIZE_LIMIT_BYTES: Final = 16 * 1024 * 1024  # caps the -wal file left after a checkpoint
+_PRUNE_BATCH_ROWS: Final = 5000  # one short transaction each, so the WAL stays small on an SD card
+_SECONDS_PER_DAY: Final = 86_400
+_PRUNE_SYNCED_SQL: Final = (
+    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE ts_unix < ?"
+    " AND seq NOT IN (SELECT seq FROM outbox) LIMIT ?)"
+)
+_PRUNE_ALL_SQL: Final = (
+    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE ts_unix < ? LIMIT ?)"
+)
+
+_MIGRATIONS: Final = Migrations("bluezone-gateway")
+
+
+@_MIGRATIONS()
+def m001_events(db: Database) -> None:
+    """Create the event log and the outbox of events not yet acknowledged by the broker."""
+    db.executescript(_SCHEMA_V1)
+
+
+class StoreError(GatewayError):
+    """The event store cannot be opened or written."""
+
+
+class EventStore:
+    """Append-only event log with an outbox; commits are grouped to spare the SD card.
+
+    Queries see committed events only; appended events become visible at the next flush.
+    Not thread-safe: use it from one thread at a time (an executor is fine when calls are
+    awaited one after another).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        path: Path,
+        *,
+        gateway: str,
+        site: str,
+        commit_interval_s: float,
+        retention_days: float,
+        lock_fd: int | None,
+    ) -> None:
+        self._db = db
+        self._path = path
+        self._gateway = gateway
+        self._site = site
+        self._commit_interval_s = commit_interval_s
+        self._retention_days = retention_days
+        self._lock_fd = lock_fd
+        self._last_seq = _read_last_seq(db)
+        self._buffer: list[tuple[Any, ...]] = []
+        self._buffer_since: float | None = None  # time.monotonic() of the oldest buffered row
+        self._open_visits: dict[int, tuple[str, float]] = {}  # visit -> (entry id, entry at)
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        gateway: str,
+        site: str,
+        synchronous: Literal["full", "normal"] = "full",
+        commit_interval_s: float = 1.0,
+        retention_days: float = 21.0,
+        readonly: bool = False,
+    ) -> EventStore:
+        """Open (and on a writable open create or migrate) the store at ``path``.
+
+        Raises:
+            StoreError: another process holds the store, or the file is not a usable store.
+        """
+        if synchronous not in ("full", "normal"):
+            msg = f"synchronous must be 'full' or 'normal', not {synchronous!r}"
+            raise ValueError(msg)
+        if commit_interval_s < 0 or retention_days <= 0:
+            msg = "commit_interval_s must be >= 0 and retention_days > 0"
+            raise ValueError(msg)
+        with contextlib.ExitStack() as undo:
+            lock_fd = None if readonly else _take_lock(path)
+            undo.callback(_release_lock, lock_fd)
+            try:
+                conn = _connect(path, readonly=readonly)
+                undo.callback(conn.close)
+                # No plugins: no installed sqlite-utils plugin gets to run in our connection.
+                db = _configure(Database(conn, execute_plugins=False), path, synchronous, readonly)
+                _migrate(db, path, readonly=readonly)
+                store = cls(
+                    db,
+                    path,
+                    gateway=gateway,
+                    site=site,
+                    commit_interval_s=commit_interval_s,
+                    retention_days=retention_days,
+                    lock_fd=lock_fd,
+                )
+            except sqlite3.Error as e:
+                msg = f"{path} is not a usable event store: {e}"
+                raise StoreError(msg) from e
+            undo.pop_all()  # success: the store owns the lock and the connection now
+        _LOGGER.debug("Opened %s (readonly=%s, last seq %d)", path, readonly, store.last_seq)
+        return store
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the newest appended event, committed or buffered (0 for an empty store)."""
+        return self._last_seq
+
+    def append(
+        self, events: Iterable[PresenceEvent], *, wall: Callable[[float], float], clock_synced: bool
+    ) -> list[dict[str, Any]]:
+        """Stamp events, buffer them for the next grouped commit and return their dicts.
+
+        Args:
+            events: Decisions of the presence engine, in order.
+            wall: Converts a `PresenceEvent` time to Unix seconds.
+            clock_synced: Whether the wall clock was NTP-synchronised when converting.
+
+        Raises:
+            StoreError: a commit that fell due failed; the events stay buffered for a retry.
+        """
+        self._require_writable()
+        stamped = []
+        for ev in events:
+            at_unix = wall(ev.at)
+            entry_id: str | None = None
+            dwell_s: float | None = None
+            checked_in: bool | None = None
+            if ev.type is EventType.EXIT:
+                checked_in = ev.checked_in
+                entry = self._open_visits.pop(ev.visit, None)
+                if entry is not None:
+                    # Measured on the source clock, so an NTP step during the visit (a Pi has
+                    # no RTC) cannot distort it; equal to exit ts - entry ts while it does not.
+                    entry_id, dwell_s = entry[0], round(ev.at - entry[1], 1)
+            self._last_seq += 1
+            event: dict[str, Any] = {
+                "id": _uuid7(),
+                "seq": self._last_seq,
+                "gateway": self._gateway,
+                "site": self._site,
+                "type": ev.type.value,
+                "ts": iso_utc(at_unix),
+                "app": ev.app.value,
+                "platform": None if ev.platform is None else ev.platform.value,
+                "rolling_id": ev.rolling_id,
+                "rssi_max": ev.rssi_max,
+                "sightings": ev.sightings,
+                "first_seen": iso_utc(wall(ev.first_seen)),
+                "last_seen": iso_utc(wall(ev.last_seen)),
+                "dwell_s": dwell_s,
+                "entry_id": entry_id,
+                "checked_in": checked_in,
+                "clock_synced": clock_synced,
+            }
+            if ev.type is EventType.ENTRY:
+                self._open_visits[ev.visit] = (event["id"], ev.at)
+            self._buffer.append((*event.values(), round(at_unix, 3)))
+            stamped.append(event)
+        if stamped and self._buffer_since is None:
+            self._buffer_since = time.monotonic()
+        self.maybe_flush()
+        return stamped
+
+    def maybe_flush(self) -> int:
+        """Flush if the buffer is full or older than ``commit_interval_s``; return rows written."""
+        if self._buffer_since is None:
+            return 0
+        if (
+            len(self._buffer) >= MAX_BUFFERED_ROWS
+            or time.monotonic() - self._buffer_since >= self._commit_interval_s
+        ):
+            return self.flush()
+        return 0
+
+    def flush(self) -> int:
+        """Commit every buffered event and its outbox row in one transaction; return rows written.
+
+        Raises:
+            StoreError: the transaction failed and was rolled back; the rows stay buffered.
+        """
+        rows = self._buffer
+        if not rows:
+            return 0
+        self._require_writable()
+        try:
+            with self._db.atomic():
+                # executemany, not insert_all(): its per-value JSON check doubled the cost.
+                self._db.conn.executemany(_INSERT_SQL, rows)
+                self._db.conn.executemany(
+                    "INSERT INTO outbox (seq) VALUES (?)", [(row[1],) for row in rows]
+                )
+        except sqlite3.Error as e:
+            msg = f"could not commit {len(rows)} events to {self._path}: {e}"
+            raise StoreError(msg) from e
+        self._buffer = []
+        self._buffer_since = None
+        return len(rows)
+
+    def close(self) -> None:
+        """Flush, then close the database and release the writer lock (idempotent)."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._db.close()
+            _release_lock(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def events(
+        self,
+        *,
+        since: float | None = None,
+        type: EventType | None = None,  # noqa: A002 - the contract's key, shadowed only here
+        limit: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Yield committed events in seq order, optionally from Unix time ``since`` (on ``ts``)."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            clauses.append("ts_unix >= ?")
+            params.append(since)
+        if type is not None:
+            clauses.append("type = ?")
+            params.append(EventType(type).value)
+        where = " AND ".join(clauses) or None
+        return self._rows(where, params, limit=limit)
+
+    def pending(self, limit: int = MAX_BUFFERED_ROWS) -> list[dict[str, Any]]:
+        """Return up to ``limit`` committed events still in the outbox, in seq order."""
+        return list(self._rows("seq IN (SELECT seq FROM outbox)", [], limit=limit))
+
+    def mark_synced(self, seqs: Iterable[int]) -> int:
+        """Remove events from the outbox in one transaction; return how many were there."""
+        self._require_writable()
+        with self._db.atomic():
+            cursor = self._db.conn.executemany(
+                "DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs]
+            )
+        return cursor.rowcount
+
+    def events_between(self, from_seq: int, to_seq: int) -> list[dict[str, Any]]:
+        """Return committed events with ``from_seq <= seq <= to_seq`` (a replay for the server)."""
+        return list(self._rows("seq BETWEEN ? AND ?", [from_seq, to_seq]))
+
+    def prune(self, now_unix: float, *, include_unsynced: bool) -> int:
+        """Delete events older than the retention period; return how many were deleted.
+
+        Call it only with a synchronised wall clock: a clock that jumped ahead would delete
+        recent events. Unsynced events are kept unless ``include_unsynced``.
+        """
+        self._require_writable()
+        cutoff_unix = now_unix - self._retention_days * _SECONDS_PER_DAY
+        sql = _PRUNE_ALL_SQL if include_unsynced else _PRUNE_SYNCED_SQL
+        deleted = 0
+        while True:
+            with self._db.atomic():
+                batch = self._db.execute(sql, [cutoff_unix, _PRUNE_BATCH_ROWS]).rowcount
+            deleted += batch
+            if batch < _PRUNE_BATCH_ROWS:
+                break
+        if deleted:
+            _LOGGER.info("Pruned %d events older than %s", deleted, iso_utc(cutoff_unix))
+        return deleted
+
+    def stats(self) -> dict[str, Any]:
+        """Return counts, the committed seq range and the ``ts`` of the oldest unsynced event."""
+        events, first_seq, last_seq = self._db.execute(
+            "SELECT count(*), min(seq), max(seq) FROM events"
+        ).fetchone()
+        oldest = self._db.execute(
+            "SELECT ts FROM events WHERE seq IN (SELECT seq FROM outbox) ORDER BY ts_unix LIMIT 1"
+        ).fetchone()
+        return {
+            "events": events,
+            "outbox": self._db.table("outbox").count,
+            "first_seq": first_seq,
+            "last_seq": last_seq,
+            "oldest_unsynced_ts": None if oldest is None else oldest[0],
+            "path": str(self._path),
+        }
+
+    def _rows(
+        self, where: str | None, params: list[Any], *, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        rows = self._db.table("events").rows_where(where, params, order_by="seq", limit=limit)
+        return (_event_from_row(row) for row in rows)
+
+    def _require_writable(self) -> None:
+        if self._lock_fd is None:
+            state = "closed" if self._closed else "opened read-only"
+            msg = f"{self._path} is {state}"
+            raise StoreError(msg)
+
+
+def _event_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Turn a database row into the contract's dict; SQLite has no booleans, so restore them."""
+    event = {key: row[key] for key in EVENT_FIELDS}
+    event["clock_synced"] = bool(event["clock_synced"])
+    if event["checked_in"] is not None:
+        event["checked_in"] = bool(event["checked_in"])
+    return event
+
+
+def _uuid7() -> str:
+    """Return a new UUIDv7 (RFC 9562 §5.7): 48-bit Unix ms, version, variant, 74 random bits."""
+    unix_ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits: rand_a takes 12, rand_b 62
+    value = (
+        (unix_ms & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76
+        | (rand >> 68) << 64
+        | 0b10 << 62
+        | rand & ((1 << 62) - 1)
+    )
+    return str(uuid.UUID(int=value))
+
+
+def _take_lock(path: Path) -> int:
+    """Lock ``<path>.lock`` for the one writer and record our pid in it; return its descriptor."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        msg = f"cannot create the lock file {lock_path}: {e}"
+        raise StoreError(msg) from e
+    try:
+        # flock, not fcntl/lockf: POSIX record locks belong to the process, so a second open in
+        # the same process would get the lock too, and closing any descriptor of the file drops
+        # it; a flock belongs to this open file and the kernel releases it when we die.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        msg = f"{path} is in use by another process (pid {holder})"
+        raise StoreError(msg) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    # The lock file is never deleted: unlinking it would let a second writer lock a new file.
+    return fd
+
+
+def _release_lock(fd: int | None) -> None:
+    """Close the lock descriptor, which releases the flock."""
+    if fd is not None:
+        os.close(fd)
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    """Connect, read-only through a ``mode=ro`` URI so that a reader can never write."""
+    # check_same_thread=False: the daemon may call us from executor threads; sqlite3 is safe
+    # with that as long as calls do not overlap, which the EventStore docstring requires.
+    if readonly:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        return sqlite3.connect(uri, uri=True, check_same_thread=False)
+    return sqlite3.connect(path, check_same_thread=False)
+
+
+def _configure(db: Database, path: Path, synchronous: str, readonly: bool) -> Database:
+    """Set the PRAGMAs of deploy-notes §7; all but journal_mode are per connection."""
+    db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("PRAGMA temp_store = MEMORY")
+    if not readonly:
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            _LOGGER.warning("%s: journal_mode is %s, not wal (filesystem?)", path, mode)
+        db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        db.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT_BYTES}")
+    return db
+
+
+def _migrate(db: Database, path: Path, *, readonly: bool) -> None:
+    """Apply pending migrations, or for a read-only open refuse a store that needs them."""
+    if not readonly:
+        _MIGRATIONS.apply(db)
+        return
+    pending = [migration.name for migration in _MIGRATIONS.pending(db)]
+    if pending:
+        msg = f"{path} is not an up-to-date event store (pending: {', '.join(pending)})"
+        raise StoreError(msg)
+
+
+def _read_last_seq(db: Database) -> int:
+    """Return the highest seq ever issued, committed rows only (0 for a new store)."""
+    row = db.execute(
+        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
+        " coalesce((SELECT max(seq) FROM events), 0))"
+    ).fetchone()
+    return int(row[0])

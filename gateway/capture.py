@@ -121,7 +121,8 @@ def _manufacturer_data(value: object) -> dict[int, bytes]:
         _fail(f'"manufacturer_data" must be an object, got {value!r}')
     out = {}
     for key, hex_value in value.items():
-        if not (key.isdigit() and key.isascii() and int(key) <= 0xFFFF):
+        # Length first: int() raises ValueError beyond 4300 digits (CPython's int_max_str_digits).
+        if not (key.isdigit() and key.isascii() and len(key) <= 5 and int(key) <= 0xFFFF):
             _fail(f'"manufacturer_data" key {key!r} must be a company id in decimal (0..65535)')
         out[int(key)] = _hex("manufacturer_data", key, hex_value)
     return out

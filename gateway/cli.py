@@ -387,7 +387,10 @@ def _read_truth(path: Path) -> list[scoring.Visit]:
 
 def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
-        sys.stdout.buffer.write(orjson.dumps(summary, option=orjson.OPT_APPEND_NEWLINE))
+        # The counters are keyed by App and EventType members: orjson takes str subclasses as
+        # keys only with OPT_NON_STR_KEYS (and then writes their values).
+        option = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+        sys.stdout.buffer.write(orjson.dumps(summary, option=option))
         return
     events = summary["events"]
     lines = [
@@ -505,6 +508,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     sim = Simulation(scenario)
     written = 0
     with (
+        # The truth file is opened first, so that a bad --truth fails before any work is done.
+        _open_truth(args.truth) as truth_out,
         _open_output(args.out) as out,
         tqdm(
             total=round(args.minutes * 60),
@@ -523,14 +528,27 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                 elapsed = int(advert.t - start)
                 progress.update(elapsed - shown)
                 shown = elapsed
-    truth = sim.truth()
-    if args.truth:
-        with args.truth.open("wb") as handle:
+        truth = sim.truth()
+        if truth_out is not None:
             for visit in truth:
-                handle.write(orjson.dumps(visit.as_dict(), option=orjson.OPT_APPEND_NEWLINE))
+                truth_out.write(orjson.dumps(visit.as_dict(), option=orjson.OPT_APPEND_NEWLINE))
     observable = sum(v.observable for v in truth)
     _say("simulate", f"{written:,} adverts, {len(truth)} true visits ({observable} observable)")
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _open_truth(path: Path | None) -> Iterator[IO[bytes] | None]:
+    if path is None:
+        yield None
+        return
+    try:
+        handle = path.open("wb")
+    except OSError as e:
+        msg = f"cannot write {path}: {e.strerror}"
+        raise UsageError(msg) from None
+    with handle:
+        yield handle
 
 
 @contextlib.contextmanager

@@ -64,6 +64,15 @@ class StoreSection:
     commit_interval_s: float = 1.0
     """Events are committed in groups at most this far apart (one fsync per group)."""
 
+    def __post_init__(self) -> None:
+        """Reject what `EventStore.open` would reject, so that it fails here, with the line."""
+        if not self.retention_days > 0:
+            msg = f"retention_days must be > 0, got {self.retention_days}"
+            raise ValueError(msg)
+        if not self.commit_interval_s >= 0:
+            msg = f"commit_interval_s must be >= 0, got {self.commit_interval_s}"
+            raise ValueError(msg)
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -110,7 +119,11 @@ def parse(text: str, path: Path | None = None) -> Config:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        msg = f"{where}: not valid TOML: {e}"
+        # Python 3.11's TOMLDecodeError has no lineno attribute (3.14 adds one); its message
+        # ends "(at line N, column M)".
+        found = re.search(r"\(at line (\d+),", str(e))
+        line = f":{found.group(1)}" if found else ""
+        msg = f"{where}{line}: not valid TOML: {e}"
         raise ConfigError(msg) from None
     sections: dict[str, Any] = {}
     for name, table in doc.items():
@@ -135,12 +148,32 @@ def _section(cls: type, name: str, table: dict[str, Any], text: str, where: str)
             msg = f"{at}: unknown key {name}.{key} (known: {', '.join(fields)})"
             raise ConfigError(msg)
         values[key] = _coerce(f"{name}.{key}", _FIELD_TYPES.get((name, key), float), value, at)
+    if cls is PresencePolicy:
+        values = _with_hysteresis(values)
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
         bad = next((k for k in table if k in str(e)), None)
         msg = f"{where}{_line(text, name, bad)}: [{name}] {e}"
         raise ConfigError(msg) from None
+
+
+_DEFAULT_POLICY: Final = PresencePolicy()
+_HYSTERESIS_DB: Final = _DEFAULT_POLICY.enter_rssi - _DEFAULT_POLICY.exit_rssi  # 3 dB
+
+
+def _with_hysteresis(values: dict[str, Any]) -> dict[str, Any]:
+    """Give an omitted ``enter_rssi``/``exit_rssi`` the default gap from the one that is set.
+
+    Otherwise ``enter_rssi = -80`` alone would meet the default ``exit_rssi = -78`` and be
+    rejected, though every key may be omitted.
+    """
+    enter, exit_ = values.get("enter_rssi"), values.get("exit_rssi")
+    if enter is not None and exit_ is None:
+        return {**values, "exit_rssi": max(enter - _HYSTERESIS_DB, -127.0)}
+    if exit_ is not None and enter is None:
+        return {**values, "enter_rssi": min(exit_ + _HYSTERESIS_DB, 20.0)}
+    return values
 
 
 # What each key holds; anything not listed is a number (int or float).

@@ -135,3 +135,8 @@ def score(
         false_visits += [d for i, d in enumerate(det) if i not in used_d]
         missed += [t for j, t in enumerate(tru) if j not in used_t and t.observable]
     return Score(n_det, n_true, n_obs, matched, matched_obs, splits, merges, false_visits, missed)
+
+
+def truth_visits(records: Iterable[Any]) -> list[Visit]:
+    """Convert a simulation's `TruthVisit` objects to scoring visits."""
+    return [Visit(v.key, v.start, v.end, v.app.value, v.observable) for v in records]

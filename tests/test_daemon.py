@@ -1,0 +1,108 @@
+"""The daemon in-process with a scripted source, and as a real process with the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from gateway import config
+from gateway.daemon import Daemon
+from gateway.model import Advert
+from gateway.store import EventStore
+from tests.factories import ROLLING_ID, android_advert
+
+
+def make_config(tmp_path: Path, **presence: float) -> config.Config:
+    lines = [
+        "[gateway]",
+        'id = "gw-test"',
+        'site = "lobby"',
+        f'data_dir = "{tmp_path}"',
+        "[store]",
+        "commit_interval_s = 0.1",
+        "[presence]",
+        *(f"{k} = {v}" for k, v in presence.items()),
+    ]
+    return config.parse("\n".join(lines))
+
+
+async def test_scripted_phone_gives_entry_then_exit_and_clean_stop(tmp_path):
+    cfg = make_config(tmp_path, exit_timeout_s=1.0)
+    heard = asyncio.Event()
+
+    async def source() -> AsyncIterator[Advert]:
+        for _ in range(20):
+            yield android_advert(t=time.monotonic(), rssi=-58)
+            await asyncio.sleep(0.01)
+        heard.set()
+        await asyncio.Event().wait()  # a scanner that stays up but hears nothing more
+
+    daemon = Daemon(cfg, source)
+    task = asyncio.create_task(daemon.run())
+    await heard.wait()
+    # The ticker ends the visit after exit_timeout_s of silence and commits a tick later.
+    seen_before_stop: list[str] = []
+    for _ in range(50):
+        await asyncio.sleep(0.2)
+        with EventStore.open(cfg.db_path, gateway="", site="", readonly=True) as store:
+            seen_before_stop = [e["type"] for e in store.events()]
+        if len(seen_before_stop) == 2:
+            break
+    daemon.stop()
+    assert await task == 0
+    assert seen_before_stop == ["entry", "exit"]
+    with EventStore.open(cfg.db_path, gateway="", site="", readonly=True) as store:
+        events = list(store.events())
+    assert [e["rolling_id"] for e in events] == [ROLLING_ID, ROLLING_ID]
+    assert events[1]["entry_id"] == events[0]["id"]
+    assert {e["gateway"] for e in events} == {"gw-test"}
+
+
+async def test_stop_closes_open_visits(tmp_path):
+    cfg = make_config(tmp_path)
+
+    async def source() -> AsyncIterator[Advert]:
+        for _ in range(10):
+            yield android_advert(t=time.monotonic(), rssi=-58)
+        await asyncio.Event().wait()
+
+    daemon = Daemon(cfg, source)
+    task = asyncio.create_task(daemon.run())
+    await asyncio.sleep(0.3)
+    daemon.stop()
+    assert await task == 0
+    with EventStore.open(cfg.db_path, gateway="", site="", readonly=True) as store:
+        assert [e["type"] for e in store.events()] == ["entry", "exit"]
+
+
+async def test_a_source_that_crashes_stops_the_daemon_with_exit_code_1(tmp_path):
+    async def source() -> AsyncIterator[Advert]:
+        yield android_advert(t=time.monotonic())
+        raise RuntimeError("adapter vanished")
+
+    assert await Daemon(make_config(tmp_path), source).run() == 1
+
+
+def test_run_simulate_as_a_process_stops_cleanly_on_sigterm(tmp_path):
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(f'[gateway]\nid = "gw-demo"\ndata_dir = "{tmp_path}"\n')
+    with subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "--simulate", "--seed", "1", "--config",
+         str(conf)],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as proc:  # fmt: skip
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # the "storing events in" line: the store is open
+        assert "storing events in" in first
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=20) == 0
+    assert "Stopped:" in rest
+    assert (tmp_path / "events.db").exists()

@@ -1,0 +1,204 @@
+"""The presence engine as timelines: sightings in, events out, no clock anywhere."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.model import CheckIn, EventType, PresenceEvent
+from gateway.presence import PresenceTracker
+from tests.factories import kinds, policy, sighting
+
+A = "aaaaaaaaaaaaaaaaaaaaaaaa"
+B = "bbbbbbbbbbbbbbbbbbbbbbbb"
+
+
+def feed(tracker, samples):
+    out = []
+    for key, rssi, at in samples:
+        out += tracker.observe(sighting(key, rssi=rssi, at=at))
+    return out
+
+
+def steady(key, rssi, start, stop, every=0.125):
+    n = round((stop - start) / every)
+    return [(key, rssi, start + i * every) for i in range(n)]
+
+
+def test_strong_phone_enters_at_once_and_exit_carries_last_seen():
+    t = PresenceTracker(policy(exit_timeout_s=30))
+    assert kinds(t.observe(sighting(A, rssi=-60, at=0))) == [("entry", A, 0.0)]
+    assert t.expire(now=29.9) == []
+    assert kinds(t.expire(now=30.1)) == [("exit", A, 0.0)]  # EXIT carries the last-seen time
+    assert len(t) == 0
+
+
+def test_weak_phone_never_enters():
+    t = PresenceTracker(policy())
+    assert feed(t, steady(A, -90, 0, 60)) == []
+
+
+def test_entry_needs_evidence_near_the_threshold():
+    # One sample just above enter_rssi is not enough; a steady stream of them is.
+    p = policy()
+    t = PresenceTracker(p)
+    assert t.observe(sighting(A, rssi=round(p.enter_rssi) + 4, at=0)) == []
+    out = feed(t, steady(A, round(p.enter_rssi) + 4, 0.125, 5))
+    assert [k for k, _, _ in kinds(out)] == ["entry"]
+
+
+def test_bluezone_duty_cycle_does_not_split_a_visit():
+    # 15 s on / 15 s off (AppConstants) for five minutes at the desk: one visit.
+    t = PresenceTracker(policy())
+    samples = []
+    for cycle in range(10):
+        samples += steady(A, -64, cycle * 30.0, cycle * 30.0 + 15)
+    out = feed(t, samples)
+    for now in range(1, 300):
+        out += t.expire(now)
+    out += t.close()
+    assert kinds(out) == [("entry", A, 0.0), ("exit", A, samples[-1][2])]
+
+
+def test_walking_away_while_heard_exits_at_last_inside():
+    p = policy(exit_weak_s=3.0, smoothing_s=1.0)
+    t = PresenceTracker(p)
+    out = feed(t, steady(A, -60, 0, 10))
+    away = steady(A, -95, 10, 20)
+    decided_at = []
+    for key, rssi, at in away:
+        step = t.observe(sighting(key, rssi=rssi, at=at))
+        if step:
+            decided_at.append(at)
+        out += step
+    assert [k for k, _, _ in kinds(out)] == ["entry", "exit"]
+    exit_event = out[-1]
+    assert isinstance(exit_event, PresenceEvent)
+    # The smoothed RSSI takes a fraction of a second to fall through exit_rssi: the exit is
+    # stamped then, not when exit_weak_s later confirmed it.
+    assert 10 <= exit_event.at <= 10 + p.smoothing_s
+    assert exit_event.last_seen == exit_event.at
+    assert len(decided_at) == 1
+    assert 0 <= decided_at[0] - (exit_event.at + p.exit_weak_s) <= p.smoothing_s
+    assert exit_event.sightings == 80 + round((decided_at[0] - 10) / 0.125) + 1
+
+
+def test_noise_around_the_edge_does_not_flap():
+    # A phone standing 1 dB inside the enter threshold with 6 dB jitter: at most one visit.
+    p = policy()
+    rng = random.Random(1)
+    t = PresenceTracker(p)
+    samples = [(A, round(p.enter_rssi + 1 + rng.gauss(0, 6)), i * 0.125) for i in range(4800)]
+    out = feed(t, samples) + t.close()
+    assert len([e for e in out if e.type is EventType.ENTRY]) <= 1
+
+
+def test_checkin_fires_once_when_held_close_and_rearms_after():
+    p = policy(checkin_rssi=-50, checkin_samples=3)
+    t = PresenceTracker(p)
+    out = feed(t, steady(A, -45, 0, 2))
+    assert [k for k, _, _ in kinds(out)] == ["entry", "checkin"]
+    assert isinstance(out[-1], CheckIn)
+    assert out[-1].at == 0.25  # the third close sample
+    assert feed(t, steady(A, -45, 2, 4)) == []  # still held: no second check-in
+    feed(t, steady(A, -70, 4, 8))  # pocketed again
+    again = feed(t, steady(A, -45, 8, 9))
+    assert [k for k, _, _ in kinds(again)] == ["checkin"]
+    out = t.close()
+    assert isinstance(out[0], PresenceEvent)
+    assert out[0].checked_in
+
+
+def test_memory_is_bounded_and_evicted_visits_are_closed():
+    t = PresenceTracker(policy(max_devices=100))
+    out = feed(t, [(f"{i:024x}", -60, i * 0.01) for i in range(1000)])
+    assert len(t) == 100
+    entries = [e for e in out if e.type is EventType.ENTRY]
+    exits = [e for e in out if e.type is EventType.EXIT]
+    assert len(entries) == 1000
+    assert len(exits) == 900
+    assert {e.key for e in exits} == {f"{i:024x}" for i in range(900)}
+
+
+def test_expire_forgets_silent_devices_only():
+    t = PresenceTracker(policy(exit_timeout_s=30))
+    feed(t, [(A, -90, 0.0), (B, -90, 20.0)])
+    assert t.expire(now=31) == []
+    assert len(t) == 1
+    assert t.present() == []
+
+
+def test_two_devices_are_independent():
+    t = PresenceTracker(policy())
+    out = feed(t, [(A, -60, 0.0), (B, -62, 0.5)])
+    assert kinds(out) == [("entry", A, 0.0), ("entry", B, 0.5)]
+    assert sorted(t.present()) == [A, B]
+
+
+samples_strategy = st.lists(
+    st.tuples(st.sampled_from([A, B]), st.integers(-100, -30), st.floats(0, 2)),
+    max_size=300,
+)
+
+
+def timeline(raw):
+    at = 0.0
+    out = []
+    for key, rssi, gap in raw:
+        at += gap
+        out.append((key, rssi, at))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(samples_strategy, st.floats(0.2, 3))
+def test_entries_and_exits_alternate_and_exits_follow_their_entries(raw, tick):
+    p = policy(exit_timeout_s=5)
+    t = PresenceTracker(p)
+    out: list[PresenceEvent | CheckIn] = []
+    next_tick = 0.0
+    for key, rssi, at in timeline(raw):
+        while next_tick <= at:
+            out += t.expire(next_tick)
+            next_tick += tick
+        out += t.observe(sighting(key, rssi=rssi, at=at))
+    out += t.close()
+    inside: dict[str, PresenceEvent] = {}
+    for event in out:
+        if isinstance(event, CheckIn):
+            assert event.key in inside
+            continue
+        if event.type is EventType.ENTRY:
+            assert event.key not in inside
+            inside[event.key] = event
+        else:
+            entry = inside.pop(event.key)
+            assert entry.visit == event.visit
+            assert entry.at <= event.at
+    assert inside == {}
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples_strategy, st.floats(0.2, 3), st.floats(0.2, 3))
+def test_when_expire_runs_does_not_change_the_events(raw, tick_a, tick_b):
+    # The daemon's ticker and replay's per-second ticks fire at different moments; the events
+    # (and their times and counts) must not depend on it.
+    def run(tick):
+        t = PresenceTracker(policy(exit_timeout_s=5))
+        out: list[PresenceEvent | CheckIn] = []
+        next_tick = 0.0
+        for key, rssi, at in timeline(raw):
+            while next_tick < at:
+                out += t.expire(next_tick)
+                next_tick += tick
+            out += t.observe(sighting(key, rssi=rssi, at=at))
+        out += t.close()
+        return sorted(
+            (e.key, e.type.value, e.at, e.sightings, e.rssi_max)
+            for e in out
+            if isinstance(e, PresenceEvent)
+        )
+
+    assert run(tick_a) == run(tick_b)

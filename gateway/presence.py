@@ -72,7 +72,6 @@ class _Track:
         "checked_in",
         "checkin_armed",
         "close_run",
-        "entry_at",
         "first_seen",
         "inside",
         "key",
@@ -96,7 +95,6 @@ class _Track:
         self.rolling_id: str | None = s.rolling_id
         self.inside = False
         self.visit = 0
-        self.entry_at = 0.0
         self.last_inside = 0.0
         self.weak_since: float | None = None
         self.checked_in = False
@@ -225,7 +223,6 @@ class PresenceTracker:
         self._visits += 1
         track.visit = self._visits
         track.inside = True
-        track.entry_at = t
         track.last_inside = t
         track.weak_since = None
         track.checked_in = False

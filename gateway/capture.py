@@ -6,12 +6,15 @@
 
 ``t`` is Unix seconds (UTC); manufacturer keys are company ids in decimal; values are hex of
 the bytes after the company id or UUID (bleak's convention); ``adapter`` is optional; unknown
-keys are ignored so that later versions can add fields.
+keys are ignored so that later versions can add fields. ``rolling_id`` is written for an
+advert whose address had an ID learned over GATT (a Bluezone iPhone), so that a replay makes
+the same events as the live run.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Iterator
 from typing import IO, Any, Final, NoReturn
 
@@ -20,6 +23,7 @@ import orjson
 from gateway.model import Advert, GatewayError
 
 _ABSENT: Final = object()
+_ROLLING_ID_RE: Final = re.compile(r"^[0-9a-f]{24}$")
 
 
 class CaptureError(GatewayError):
@@ -76,6 +80,11 @@ def advert_from_dict(obj: dict[str, Any]) -> Advert:
     adapter = obj.get("adapter")
     if adapter is not None and type(adapter) is not str:
         _fail(f'"adapter" must be a string or null, got {adapter!r}')
+    rolling_id = obj.get("rolling_id")
+    if rolling_id is not None and not (
+        type(rolling_id) is str and _ROLLING_ID_RE.match(rolling_id)
+    ):
+        _fail(f'"rolling_id" must be 24 lower-case hex digits or null, got {rolling_id!r}')
     return Advert(
         float(t),
         address,
@@ -86,6 +95,7 @@ def advert_from_dict(obj: dict[str, Any]) -> Advert:
         _service_data(obj.get("service_data", _ABSENT)),
         _manufacturer_data(obj.get("manufacturer_data", _ABSENT)),
         adapter,
+        rolling_id,
     )
 
 
@@ -142,6 +152,8 @@ def advert_to_dict(advert: Advert) -> dict[str, Any]:
     }
     if advert.adapter is not None:
         record["adapter"] = advert.adapter
+    if advert.rolling_id is not None:
+        record["rolling_id"] = advert.rolling_id
     return record
 
 

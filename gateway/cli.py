@@ -10,12 +10,14 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import logging
 import math
 import os
+import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any, Final
@@ -25,11 +27,12 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from gateway import __version__, capture, config, rolling, scoring
-from gateway.daemon import Daemon, simulated_adverts
+from gateway.daemon import AdvertSource, Daemon, simulated, wall_time
 from gateway.decode import decode_advert
-from gateway.model import EventType, GatewayError, PresenceEvent, iso_utc, parse_iso_utc
+from gateway.model import Advert, EventType, GatewayError, PresenceEvent, iso_utc, parse_iso_utc
 from gateway.pipeline import Pipeline
 from gateway.presence import PresenceTracker
+from gateway.scan import AdapterScanner, GattReader, scan
 from gateway.simulate import Radio, Scenario, Simulation
 from gateway.store import EVENT_FIELDS, EventStore
 
@@ -109,7 +112,8 @@ run 'bluezone-gateway COMMAND --help' for each command's options and examples.""
         "Run the gateway daemon until Ctrl-C or SIGTERM.",
         """\
   bluezone-gateway run --simulate                 simulated lobby, data in the default dir
-  bluezone-gateway run --config /etc/bluezone/gateway.toml --simulate""",
+  bluezone-gateway run --config /etc/bluezone/gateway.toml     scan the adapters in [scanner]
+  bluezone-gateway run --config gw.toml --capture heard.jsonl  also record every advert""",
     )
     p.add_argument("--config", type=Path, help="TOML configuration file (default: defaults)")
     p.add_argument(
@@ -118,7 +122,24 @@ run 'bluezone-gateway COMMAND --help' for each command's options and examples.""
         help="take adverts from the simulator in real time instead of the radio",
     )
     p.add_argument("--seed", type=int, help="simulator seed (default: random)")
+    p.add_argument(
+        "--capture",
+        type=Path,
+        help="also record every advert heard to this capture file (for replay)",
+    )
     p.set_defaults(func=_cmd_run)
+
+    p = command(
+        "capture",
+        "Record live adverts to a capture file (field debugging; replay it later).",
+        """  bluezone-gateway capture --seconds 60 --out lobby.jsonl
+  bluezone-gateway capture --adapter hci1 --out - | bluezone-gateway decode""",
+    )
+    p.add_argument("--adapter", help="adapter name or MAC (default: [scanner] adapter(s))")
+    p.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
+    p.add_argument("--out", required=True, help="capture file to write; - for stdout")
+    p.add_argument("--config", type=Path, help="TOML configuration ([scanner], [gateway] id)")
+    p.set_defaults(func=_cmd_capture)
 
     p = command(
         "decode",
@@ -241,11 +262,72 @@ run 'bluezone-gateway COMMAND --help' for each command's options and examples.""
 
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    if not args.simulate:
-        msg = "live BLE scanning is not in this version yet; use --simulate for the simulated lobby"
-        raise UsageError(msg)
-    daemon = Daemon(cfg, lambda: simulated_adverts(args.seed))
-    return asyncio.run(daemon.run())
+    scanners: list[AdapterScanner] = []
+    gatt = None
+    if args.simulate:
+        source = simulated(args.seed)
+    else:
+        source = scan(cfg.scanner, alias=cfg.gateway.id, scanners=scanners)
+        if cfg.scanner.gatt:
+            gatt = GattReader(cfg.scanner, scanners, wall_time)
+    with contextlib.ExitStack() as stack:
+        tee = stack.enter_context(_open_output(str(args.capture))) if args.capture else None
+        return asyncio.run(Daemon(cfg, source, capture_to=tee, gatt=gatt).run())
+
+
+def _cmd_capture(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    settings = cfg.scanner
+    if args.adapter:
+        settings = dataclasses.replace(settings, adapter=args.adapter, adapters=(), roles=())
+    with (
+        _open_output(args.out) as out,
+        tqdm(
+            unit=" adverts", disable=None, file=sys.stderr, desc="capture", leave=False
+        ) as progress,
+    ):
+
+        def record(advert: Advert) -> None:
+            out.write(capture.dumps(advert._replace(t=wall_time(advert.t))))
+            progress.update()
+
+        heard = asyncio.run(
+            _capture(scan(settings, alias=cfg.gateway.id, scanners=[]), record, args.seconds)
+        )
+    _say("capture", f"{heard:,} adverts recorded")
+    return EXIT_OK
+
+
+async def _capture(
+    source: AdvertSource, record: Callable[[Advert], None], seconds: float | None
+) -> int:
+    count = 0
+
+    def emit(advert: Advert) -> None:
+        nonlocal count
+        count += 1
+        record(advert)
+
+    task = asyncio.create_task(source(emit))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait(
+            {task, waiter}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+        waiter.cancel()
+        if task in done:
+            task.result()  # the scanner gave up: raise its error
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return count
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:

@@ -74,6 +74,60 @@ class StoreSection:
             raise ValueError(msg)
 
 
+ROLES: Final = ("outside", "inside")
+
+
+@dataclass(frozen=True, slots=True)
+class ScannerSection:
+    """``[scanner]``: which Bluetooth adapters to listen on, and how."""
+
+    adapter: str = "hci0"
+    """The adapter: its name (``hci0``) or its MAC address (survives renumbering)."""
+    adapters: tuple[str, ...] = ()
+    """Two adapters for direction, outside and inside the door (overrides ``adapter``)."""
+    roles: tuple[str, ...] = ()
+    """Role of each of ``adapters``: ``outside``/``inside`` (default: in that order)."""
+    mode: Literal["active", "passive", "auto"] = "active"
+    """``active`` scanning with BlueZ's duplicate filter off (every advert reported);
+    ``passive`` through BlueZ's advertisement monitor (BlueZ >= 5.56, which de-duplicates
+    again: fewer repeats); ``auto``: passive where the adapter offers it, else active."""
+    stall_after_s: float = 60.0
+    """No advert at all for this long while scanning restarts the scanner (see the ladder)."""
+    gatt: bool = True
+    """Read Bluezone iPhones' rolling IDs over GATT (one short connection at a time)."""
+    gatt_timeout_s: float = 10.0
+    """Give up a GATT read after this long (Bluezone itself waits 10 s)."""
+    gatt_retry_s: float = 60.0
+    """Wait at least this long before trying a failed iPhone again (doubling up to 16x)."""
+
+    def __post_init__(self) -> None:
+        """Check adapters, roles and durations."""
+        if self.adapters and len(self.adapters) != len(ROLES):
+            msg = f"adapters must name exactly two adapters (outside, inside), got {self.adapters}"
+            raise ValueError(msg)
+        if self.roles and sorted(self.roles) != sorted(ROLES):
+            msg = f"roles must be {list(ROLES)} in some order, got {list(self.roles)}"
+            raise ValueError(msg)
+        if self.roles and not self.adapters:
+            msg = "roles needs adapters"
+            raise ValueError(msg)
+        for name in ("stall_after_s", "gatt_timeout_s", "gatt_retry_s"):
+            if not getattr(self, name) > 0:
+                msg = f"{name} must be > 0"
+                raise ValueError(msg)
+
+    def role_of(self) -> dict[str, str]:
+        """Return adapter → role for two-adapter set-ups (empty with one adapter)."""
+        if not self.adapters:
+            return {}
+        return dict(zip(self.adapters, self.roles or ROLES, strict=True))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Return the adapters to scan on."""
+        return self.adapters or (self.adapter,)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
@@ -81,6 +135,7 @@ class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     store: StoreSection = field(default_factory=StoreSection)
     presence: PresencePolicy = field(default_factory=PresencePolicy)
+    scanner: ScannerSection = field(default_factory=ScannerSection)
     source: Path | None = None
     """The file it was read from, if any."""
 
@@ -94,6 +149,7 @@ _SECTIONS: Final[dict[str, type]] = {
     "gateway": GatewaySection,
     "store": StoreSection,
     "presence": PresencePolicy,
+    "scanner": ScannerSection,
 }
 
 
@@ -185,11 +241,33 @@ _FIELD_TYPES: Final[dict[tuple[str, str], Any]] = {
     ("store", "synchronous"): ("full", "normal"),
     ("presence", "checkin_samples"): int,
     ("presence", "max_devices"): int,
+    ("scanner", "adapter"): "adapter",
+    ("scanner", "adapters"): "adapters",
+    ("scanner", "roles"): "roles",
+    ("scanner", "mode"): ("active", "passive", "auto"),
+    ("scanner", "gatt"): bool,
 }
+ADAPTER_RE: Final = re.compile(r"^(hci\d{1,3}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2})$")
 
 
-def _coerce(key: str, kind: Any, value: Any, at: str) -> Any:
-    if kind == "name":
+def _coerce(key: str, kind: Any, value: Any, at: str) -> Any:  # noqa: C901 - one branch a type
+    if kind in ("adapters", "roles"):
+        if isinstance(value, list):
+            return tuple(_coerce(key, kind[:-1], item, at) for item in value)
+        msg = f"{at}: {key} must be a list, got {value!r}"
+    elif kind == "adapter":
+        if isinstance(value, str) and ADAPTER_RE.match(value):
+            return value
+        msg = f"{at}: {key} must be an adapter name (hci0) or MAC address, got {value!r}"
+    elif kind == "role":
+        if value in ROLES:
+            return value
+        msg = f"{at}: {key} entries must be one of {', '.join(map(repr, ROLES))}, got {value!r}"
+    elif kind is bool:
+        if isinstance(value, bool):
+            return value
+        msg = f"{at}: {key} must be true or false, got {value!r}"
+    elif kind == "name":
         if isinstance(value, str) and NAME_RE.match(value):
             return value
         msg = f"{at}: {key} must be 1-64 letters, digits, '.', '_' or '-', got {value!r}"

@@ -12,14 +12,16 @@ import logging
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+from collections.abc import Callable, Coroutine
+from typing import IO, Any, Final
 
+from gateway import capture
 from gateway.clock import clock_synced
 from gateway.config import Config
-from gateway.model import Advert, CheckIn, PresenceEvent
+from gateway.model import Advert, CheckIn, GatewayError, PresenceEvent
 from gateway.pipeline import Pipeline
 from gateway.presence import PresenceTracker
+from gateway.scan import GattReader
 from gateway.simulate import Scenario, Simulation
 from gateway.store import EventStore, StoreError
 
@@ -34,35 +36,51 @@ PRUNE_EVERY_S: Final = 3600.0
 SIMULATED_HOUR_PEOPLE: Final = 120
 """People per simulated hour in ``run --simulate``: two a minute keeps the demo lively."""
 
-AdvertSource = Callable[[], AsyncIterator[Advert]]
+Emit = Callable[[Advert], None]
+AdvertSource = Callable[[Emit], Coroutine[Any, Any, None]]
+"""A coroutine that calls ``emit`` for every advert heard until it is cancelled (or ends)."""
 
 
-async def simulated_adverts(seed: int | None = None) -> AsyncIterator[Advert]:
-    """Yield simulated adverts in real time, stamped on the monotonic clock like a scanner's.
+def simulated(seed: int | None = None) -> AdvertSource:
+    """Return a source of simulated adverts in real time, stamped on the monotonic clock.
 
     The scenario starts now, so the simulated phones broadcast today's real rolling IDs; one
     simulated hour follows another until the daemon stops.
     """
-    rng = random.Random(seed)  # noqa: S311 - picks simulation seeds, not secrets
-    while True:
-        start = time.time()
-        scenario = Scenario(
-            people=SIMULATED_HOUR_PEOPLE, minutes=60, seed=rng.randrange(2**31), start=start
-        )
-        mono0 = time.monotonic()
-        for advert in Simulation(scenario).adverts():
-            delay = mono0 + (advert.t - start) - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            yield advert._replace(t=time.monotonic())
+
+    async def source(emit: Emit) -> None:
+        rng = random.Random(seed)  # noqa: S311 - picks simulation seeds, not secrets
+        while True:
+            start = time.time()
+            scenario = Scenario(
+                people=SIMULATED_HOUR_PEOPLE, minutes=60, seed=rng.randrange(2**31), start=start
+            )
+            mono0 = time.monotonic()
+            for advert in Simulation(scenario).adverts():
+                delay = mono0 + (advert.t - start) - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                emit(advert._replace(t=time.monotonic()))
+
+    return source
 
 
 class Daemon:
     """Runs the gateway until `stop` is called (or a signal asks)."""
 
-    def __init__(self, config: Config, source: AdvertSource) -> None:
+    def __init__(
+        self,
+        config: Config,
+        source: AdvertSource,
+        *,
+        capture_to: IO[bytes] | None = None,
+        gatt: GattReader | None = None,
+    ) -> None:
         self.config = config
         self._source = source
+        self._capture_to = capture_to
+        """Where to record every advert heard, in the capture format (``run --capture``)."""
+        self._gatt = gatt
         self._stop = asyncio.Event()
         self.dropped = 0
         self.errors = 0
@@ -86,12 +104,15 @@ class Daemon:
         self._synced = clock_synced()
         try:
             pipeline = Pipeline(
-                PresenceTracker(cfg.presence),
+                PresenceTracker(cfg.presence, roles=cfg.scanner.role_of()),
                 store,
-                wall=lambda at: at + (time.time() - time.monotonic()),
+                wall=wall_time,
                 clock_synced=lambda: self._synced,
                 on_events=_log_events,
                 on_checkin=_log_checkin,
+                ids=self._gatt.ids if self._gatt else None,
+                on_unresolved=self._gatt.want if self._gatt else None,
+                tap=self._record if self._capture_to else None,
             )
             _LOGGER.info(
                 "Gateway %s (site %s) storing events in %s",
@@ -116,12 +137,17 @@ class Daemon:
                     group.create_task(self._consume(queue, pipeline), name="pipeline"),
                     group.create_task(self._tick(pipeline), name="ticker"),
                 ]
+                if self._gatt is not None:
+                    tasks.append(group.create_task(self._gatt.run(), name="gatt"))
                 await self._stop.wait()
                 for task in tasks:
                     task.cancel()
         except* Exception as group_error:
-            for error in group_error.exceptions:
-                _LOGGER.error("Stopping: %s", error, exc_info=error)  # noqa: TRY400
+            for error in _leaves(group_error):
+                if isinstance(error, GatewayError):  # expected trouble: its message says it
+                    _LOGGER.error("Stopping: %s", error)  # noqa: TRY400
+                else:
+                    _LOGGER.error("Stopping: %s", error, exc_info=error)  # noqa: TRY400
             failed = True
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -132,14 +158,20 @@ class Daemon:
         _LOGGER.info("Stopped: %s", _summary(pipeline, self.dropped))
         return 1 if failed else 0
 
+    def _record(self, advert: Advert) -> None:
+        if self._capture_to is not None:
+            self._capture_to.write(capture.dumps(advert._replace(t=wall_time(advert.t))))
+
     async def _produce(self, queue: asyncio.Queue[Advert]) -> None:
-        async for advert in self._source():
+        def emit(advert: Advert) -> None:
             try:
                 queue.put_nowait(advert)
             except asyncio.QueueFull:
                 self.dropped += 1
                 if self.dropped in (1, 10, 100) or self.dropped % 10_000 == 0:
                     _LOGGER.warning("Advert queue full: %d adverts dropped so far", self.dropped)
+
+        await self._source(emit)
         _LOGGER.info("The advert source ended")
         self.stop()
 
@@ -189,6 +221,18 @@ class Daemon:
                     len(pipeline.tracker.present()),
                     _summary(pipeline, self.dropped),
                 )
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """Return the exceptions inside (nested) exception groups."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+def wall_time(at: float) -> float:
+    """Convert the monotonic clock to Unix time, with the offset of the moment (NTP may step)."""
+    return at + (time.time() - time.monotonic())
 
 
 def _summary(pipeline: Pipeline, dropped: int) -> str:

@@ -67,9 +67,7 @@ def decode_advert(advert: Advert) -> Sighting | Rejection:
     if BLUEZONE_ANDROID_UUID in uuids:
         return Rejection("service 0x4e56 without the 12-byte ID of company 0x22b5", malformed=True)
     if BLUEZONE_IOS_SERVICE in uuids or advert.name == BLUEZONE_NAME:
-        return _sighting(
-            advert, advert.address, App.BLUEZONE, Platform.IOS, None, Evidence.SERVICE_UUID
-        )
+        return _iphone(advert, Evidence.SERVICE_UUID)
     if mfr:
         apple = mfr.get(APPLE_COMPANY)
         if apple is not None:
@@ -102,6 +100,21 @@ def _sighting(
     )
 
 
+def _iphone(advert: Advert, evidence: Evidence) -> Sighting:
+    # Keyed by address even once its ID is known (over GATT), so that learning the ID does
+    # not split the visit; the ID rides along for the events.
+    if advert.rolling_id is not None:
+        return _sighting(
+            advert,
+            advert.address,
+            App.BLUEZONE,
+            Platform.IOS,
+            advert.rolling_id,
+            Evidence.GATT_READ,
+        )
+    return _sighting(advert, advert.address, App.BLUEZONE, Platform.IOS, None, evidence)
+
+
 def _bluezone_android(advert: Advert, payload: bytes) -> Sighting | Rejection:
     if BLUEZONE_ANDROID_UUID not in advert.service_uuids:
         # v1 (April 2020) put a 6-character user code here with another UUID (protocol.md §7).
@@ -128,9 +141,7 @@ def _apple(advert: Advert, payload: bytes) -> Sighting | Rejection:
         if payload[1] & BLUEZONE_OVERFLOW_MASK:
             # Only a candidate: another app's UUID can hash to the same bit (§2.3); a GATT read
             # of the ID characteristic confirms it where the scanner can connect.
-            return _sighting(
-                advert, advert.address, App.BLUEZONE, Platform.IOS, None, Evidence.OVERFLOW_BIT
-            )
+            return _iphone(advert, Evidence.OVERFLOW_BIT)
         return APPLE_OTHER
     if payload.startswith(BLUEZONE_IBEACON_PREFIX):
         return BLUEZONE_IBEACON

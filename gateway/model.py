@@ -62,7 +62,8 @@ class Advert(NamedTuple):
     live); ``address`` as reported; ``rssi`` dBm; ``tx_power`` dBm or None; ``name`` the local
     name or None; ``service_uuids`` lower-case 128-bit strings; ``service_data`` 128-bit UUID to
     payload bytes; ``manufacturer_data`` company id to the bytes after it (bleak's convention);
-    ``adapter`` the receiving adapter (``"hci0"``) or None.
+    ``adapter`` the receiving adapter (``"hci0"``) or None; ``rolling_id`` an ID learned for
+    this address out of band (an iPhone's GATT read), which the advert itself does not carry.
     """
 
     t: float
@@ -74,6 +75,7 @@ class Advert(NamedTuple):
     service_data: dict[str, bytes] = {}  # noqa: RUF012 - a NamedTuple default, never mutated
     manufacturer_data: dict[int, bytes] = {}  # noqa: RUF012 - a NamedTuple default, never mutated
     adapter: str | None = None
+    rolling_id: str | None = None
 
 
 class Sighting(NamedTuple):
@@ -141,6 +143,8 @@ class PresenceEvent:
     last_seen: float
     checked_in: bool = False
     """Exit only: whether the phone was held close (a check-in) during the visit."""
+    direction: str | None = None
+    """With two adapters: ``in`` or ``out`` (see `PresenceTracker`); None otherwise."""
 
 
 @dataclass(frozen=True, slots=True)

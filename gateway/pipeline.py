@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.decode import decode_advert
-from gateway.model import Advert, CheckIn, PresenceEvent, Sighting
+from gateway.model import Advert, CheckIn, Platform, PresenceEvent, Sighting
 from gateway.presence import PresenceTracker
+from gateway.rolling import AddressIds
 from gateway.store import EventStore
 
 EventsHook = Callable[[list[PresenceEvent], list[dict[str, Any]]], None]
@@ -60,6 +61,9 @@ class Pipeline:
         clock_synced: Callable[[], bool],
         on_events: EventsHook | None = None,
         on_checkin: CheckInHook | None = None,
+        ids: AddressIds | None = None,
+        on_unresolved: Callable[[Sighting], None] | None = None,
+        tap: Callable[[Advert], None] | None = None,
     ) -> None:
         self.tracker = tracker
         self.store = store
@@ -68,14 +72,33 @@ class Pipeline:
         self._clock_synced = clock_synced
         self._on_events = on_events
         self._on_checkin = on_checkin
+        self._ids = ids
+        """iPhone address → rolling ID read over GATT, attached to its adverts."""
+        self._on_unresolved = on_unresolved
+        """Called for a Bluezone iPhone sighting without an ID: ask for a GATT read."""
+        self._tap = tap
+        """Sees every advert (its learned ID attached) before decoding: ``run --capture``."""
 
     def feed(self, advert: Advert) -> None:
         """Take one advert."""
         counters = self.counters
         counters.adverts += 1
+        ids = self._ids
+        if ids is not None and advert.address in ids:
+            rolling_id = ids.get(advert.address, self._wall(advert.t))
+            if rolling_id is not None:
+                advert = advert._replace(rolling_id=rolling_id)
+        if self._tap is not None:
+            self._tap(advert)
         result = decode_advert(advert)
         if isinstance(result, Sighting):
             counters.sightings[result.app] += 1
+            if (
+                result.platform is Platform.IOS
+                and result.rolling_id is None
+                and self._on_unresolved is not None
+            ):
+                self._on_unresolved(result)
             out = self.tracker.observe(result)
             if out:
                 self._handle(out)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from gateway.model import (
@@ -72,9 +72,11 @@ class _Track:
         "checked_in",
         "checkin_armed",
         "close_run",
+        "first_heard",
         "first_seen",
         "inside",
         "key",
+        "last_heard",
         "last_inside",
         "platform",
         "rolling_id",
@@ -104,6 +106,9 @@ class _Track:
 
     def restart(self, t: float, rssi: int) -> None:
         """Begin a new approach with this sample as its first."""
+        self.first_heard: dict[str, float] = {}
+        """Role → first time heard by that side's adapter in this approach (two adapters)."""
+        self.last_heard: dict[str, float] = {}
         self.weighted_sum = float(rssi)
         self.weight = 1.0
         self.weight_sq = 1.0
@@ -132,8 +137,10 @@ class _Track:
 class PresenceTracker:
     """Turn sightings into entry/exit events; never reads a clock."""
 
-    def __init__(self, policy: PresencePolicy) -> None:
+    def __init__(self, policy: PresencePolicy, roles: Mapping[str, str] | None = None) -> None:
         self.policy = policy
+        self._roles = dict(roles or {})
+        """Adapter → ``outside``/``inside`` when two adapters give direction."""
         self._tracks: OrderedDict[str, _Track] = OrderedDict()
         self._visits = 0
 
@@ -159,7 +166,9 @@ class PresenceTracker:
                     out.append(self._exit(evicted))
         else:
             self._tracks.move_to_end(s.key)
-            if t - (track.last_inside if track.inside else track.t_last) > p.exit_timeout_s:
+            if s.rolling_id != track.rolling_id and s.rolling_id is not None:
+                self._new_id(track, s, out)
+            elif t - (track.last_inside if track.inside else track.t_last) > p.exit_timeout_s:
                 # Nothing put it inside for longer than the timeout (it is only heard weakly
                 # now), or it was silent as long as `expire` takes to forget a device: start
                 # afresh, so that when `expire` last ran does not matter.
@@ -168,6 +177,8 @@ class PresenceTracker:
                 track.restart(t, s.rssi)
             else:
                 track.add(t, s.rssi, p.smoothing_s)
+        if self._roles:
+            self._heard_from(track, s)
         mean = track.weighted_sum / track.weight
         # Standard error of the weighted mean: sigma * sqrt(sum w^2) / sum w.
         margin = p.confidence_z * p.rssi_sigma_db * math.sqrt(track.weight_sq) / track.weight
@@ -177,6 +188,18 @@ class PresenceTracker:
             out.append(self._enter(track, t))
         self._checkin(track, s, mean, out)
         return out
+
+    def _new_id(self, track: _Track, s: Sighting, out: list[PresenceEvent | CheckIn]) -> None:
+        """An iPhone (keyed by address) whose rolling ID was learned, or changed."""
+        if track.rolling_id is None:
+            track.rolling_id = s.rolling_id  # learned over GATT: the visit goes on, now with it
+            track.add(s.t, s.rssi, self.policy.smoothing_s)
+            return
+        # A new quarter hour, a new ID: per-ID visits, as for Android phones.
+        if track.inside:
+            out.append(self._exit(track))
+        track.rolling_id = s.rolling_id
+        track.restart(s.t, s.rssi)
 
     def _stay_or_leave(
         self,
@@ -219,6 +242,30 @@ class PresenceTracker:
         self._tracks.clear()
         return out
 
+    def _heard_from(self, track: _Track, s: Sighting) -> None:
+        role = self._roles.get(s.adapter or "")
+        if role is not None:
+            track.first_heard.setdefault(role, s.t)
+            track.last_heard[role] = s.t
+
+    @staticmethod
+    def _direction(track: _Track, kind: EventType) -> str | None:
+        """Return ``in``/``out``, or None when it came and went on the same side.
+
+        An entry is labelled by the side that heard the device first, an exit by that and the
+        side that heard it last: first outside and last inside is ``in``.
+        """
+        first, last = track.first_heard, track.last_heard
+        if not first:
+            return None
+        came_from = min(first, key=first.__getitem__)
+        if kind is EventType.ENTRY:
+            return "in" if came_from == "outside" else "out"
+        left_by = max(last, key=last.__getitem__)
+        if came_from == left_by:
+            return None
+        return "in" if came_from == "outside" else "out"
+
     def _enter(self, track: _Track, t: float) -> PresenceEvent:
         self._visits += 1
         track.visit = self._visits
@@ -248,6 +295,7 @@ class PresenceTracker:
             first_seen=track.first_seen,
             last_seen=at,
             checked_in=track.checked_in,
+            direction=self._direction(track, kind) if self._roles else None,
         )
 
     def _checkin(

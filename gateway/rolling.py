@@ -79,3 +79,40 @@ def id_at(base_key: bytes, base_date: date, unix_s: float) -> bytes:
     """Return the ID a phone with this base key and date broadcasts at ``unix_s``."""
     day, slot = slot_of(unix_s)
     return day_ids(daily_key(base_key, base_date, day))[slot]
+
+
+class AddressIds:
+    """Rolling IDs learned out of band (an iPhone's GATT read), by address, for their slot.
+
+    Bluezone itself caches MAC → ID until the quarter-hour slot changes (protocol.md §2.4);
+    so does this. Bounded: the oldest entries go first beyond ``max_entries``.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._ids: dict[str, tuple[str, date, int]] = {}
+        self._max = max_entries
+
+    def __len__(self) -> int:
+        """Return how many addresses have an ID."""
+        return len(self._ids)
+
+    def __contains__(self, address: object) -> bool:
+        """Return whether an ID (perhaps of a past slot) is known for ``address``."""
+        return address in self._ids
+
+    def learn(self, address: str, rolling_id: str, unix_s: float) -> None:
+        """Remember that ``address`` broadcast ``rolling_id`` at ``unix_s``."""
+        self._ids.pop(address, None)
+        self._ids[address] = (rolling_id, *slot_of(unix_s))
+        if len(self._ids) > self._max:
+            del self._ids[next(iter(self._ids))]
+
+    def get(self, address: str, unix_s: float) -> str | None:
+        """Return the ID of ``address`` if it was learned in the slot of ``unix_s``."""
+        known = self._ids.get(address)
+        if known is None:
+            return None
+        if (known[1], known[2]) != slot_of(unix_s):
+            del self._ids[address]  # the phone has moved on to the next ID
+            return None
+        return known[0]

@@ -23,6 +23,7 @@ _LOGGER = logging.getLogger(__name__)
 EVENT_FIELDS: Final = (
     "id", "seq", "gateway", "site", "type", "ts", "app", "platform", "rolling_id", "rssi_max",
     "sightings", "first_seen", "last_seen", "dwell_s", "entry_id", "checked_in", "clock_synced",
+    "direction",
 )  # fmt: skip
 """Keys of an event dict, in the order of the JSON contract."""
 
@@ -80,6 +81,12 @@ _MIGRATIONS: Final = Migrations("bluezone-gateway")
 def m001_events(db: Database) -> None:
     """Create the event log and the outbox of events not yet acknowledged by the broker."""
     db.executescript(_SCHEMA_V1)
+
+
+@_MIGRATIONS()
+def m002_direction(db: Database) -> None:
+    """Add ``direction`` (``in``/``out`` with two adapters, else null)."""
+    db.execute("ALTER TABLE events ADD COLUMN direction TEXT CHECK (direction IN ('in', 'out'))")
 
 
 class StoreError(GatewayError):
@@ -217,6 +224,7 @@ class EventStore:
                 "entry_id": entry_id,
                 "checked_in": checked_in,
                 "clock_synced": clock_synced,
+                "direction": ev.direction,
             }
             if ev.type is EventType.ENTRY:
                 self._open_visits[ev.visit] = (event["id"], ev.at)

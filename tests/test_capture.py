@@ -284,6 +284,7 @@ adverts = st.builds(
     service_data=st.dictionaries(uuid_strs, st.binary(max_size=31), max_size=2),
     manufacturer_data=st.dictionaries(st.integers(0, 0xFFFF), st.binary(max_size=31), max_size=3),
     adapter=st.none() | st.text(),
+    rolling_id=st.none() | st.binary(min_size=12, max_size=12).map(bytes.hex),
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import subprocess
 import sys
@@ -536,7 +537,14 @@ def test_ids_bad_key_exits_2(key: str, args: list[str], needles: list[str]) -> N
 # run
 
 
-def test_run_without_simulate_exits_2(tmp_path: Path) -> None:
-    proc = gateway("run", cwd=tmp_path)
-    assert_usage_error(proc, "--simulate")
-    assert proc.stdout == b""
+def test_run_without_bluez_exits_1_with_the_reason(tmp_path: Path) -> None:
+    conf = tmp_path / "gw.toml"
+    conf.write_text(f'[gateway]\ndata_dir = "{tmp_path}"\n')
+    proc = subprocess.run(
+        [*COMMAND, "run", "--config", str(conf)], capture_output=True, timeout=60, check=False,
+        env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus"},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert "cannot reach BlueZ on the system bus" in err
+    assert "Traceback" not in err

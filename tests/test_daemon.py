@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway import config
@@ -36,9 +36,9 @@ async def test_scripted_phone_gives_entry_then_exit_and_clean_stop(tmp_path):
     cfg = make_config(tmp_path, exit_timeout_s=1.0)
     heard = asyncio.Event()
 
-    async def source() -> AsyncIterator[Advert]:
+    async def source(emit: Callable[[Advert], None]) -> None:
         for _ in range(20):
-            yield android_advert(t=time.monotonic(), rssi=-58)
+            emit(android_advert(t=time.monotonic(), rssi=-58))
             await asyncio.sleep(0.01)
         heard.set()
         await asyncio.Event().wait()  # a scanner that stays up but hears nothing more
@@ -67,9 +67,9 @@ async def test_scripted_phone_gives_entry_then_exit_and_clean_stop(tmp_path):
 async def test_stop_closes_open_visits(tmp_path):
     cfg = make_config(tmp_path)
 
-    async def source() -> AsyncIterator[Advert]:
+    async def source(emit: Callable[[Advert], None]) -> None:
         for _ in range(10):
-            yield android_advert(t=time.monotonic(), rssi=-58)
+            emit(android_advert(t=time.monotonic(), rssi=-58))
         await asyncio.Event().wait()
 
     daemon = Daemon(cfg, source)
@@ -82,8 +82,9 @@ async def test_stop_closes_open_visits(tmp_path):
 
 
 async def test_a_source_that_crashes_stops_the_daemon_with_exit_code_1(tmp_path):
-    async def source() -> AsyncIterator[Advert]:
-        yield android_advert(t=time.monotonic())
+    async def source(emit: Callable[[Advert], None]) -> None:
+        emit(android_advert(t=time.monotonic()))
+        await asyncio.sleep(0)
         raise RuntimeError("adapter vanished")
 
     assert await Daemon(make_config(tmp_path), source).run() == 1

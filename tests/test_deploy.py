@@ -19,7 +19,8 @@ def test_commented_config_names_every_key_with_its_default():
     defaults = config.Config()
     assert loaded.presence == defaults.presence
     assert dataclasses.replace(loaded.store, path=None) == defaults.store
-    for section in ("gateway", "store", "presence"):
+    assert loaded.scanner == defaults.scanner
+    for section in ("gateway", "store", "presence", "scanner"):
         for field in dataclasses.fields(getattr(defaults, section)):
             assert re.search(rf"^# {field.name} = ", text, re.MULTILINE), field.name
 

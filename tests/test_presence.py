@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.model import CheckIn, EventType, PresenceEvent
+from gateway.model import CheckIn, EventType, Platform, PresenceEvent
 from gateway.presence import PresenceTracker
 from tests.factories import kinds, policy, sighting
 
@@ -202,3 +202,70 @@ def test_when_expire_runs_does_not_change_the_events(raw, tick_a, tick_b):
         )
 
     assert run(tick_a) == run(tick_b)
+
+
+def test_two_adapters_give_direction():
+    t = PresenceTracker(policy(), roles={"hci0": "outside", "hci1": "inside"})
+
+    def seen(adapter, rssi, at):
+        return t.observe(sighting(A, rssi=rssi, at=at)._replace(adapter=adapter))
+
+    out = list(seen("hci0", -60, 0.0))
+    out += seen("hci1", -62, 0.1)
+    out += seen("hci1", -60, 5.0)
+    out += t.close()
+    entry, exit_ = [e for e in out if isinstance(e, PresenceEvent)]
+    assert (entry.direction, exit_.direction) == ("in", "in")
+
+
+def test_direction_out_and_none():
+    roles = {"hci0": "outside", "hci1": "inside"}
+    t = PresenceTracker(policy(), roles=roles)
+    out = list(t.observe(sighting(A, at=0.0)._replace(adapter="hci1")))
+    out += t.observe(sighting(A, at=1.0)._replace(adapter="hci0"))
+    out += t.observe(sighting(B, at=0.0)._replace(adapter="hci0"))
+    out += t.observe(sighting(B, at=1.0)._replace(adapter="hci0"))
+    out += t.close()
+    got = {(e.key, e.type.value): e.direction for e in out if isinstance(e, PresenceEvent)}
+    assert got == {(A, "entry"): "out", (A, "exit"): "out", (B, "entry"): "in", (B, "exit"): None}
+
+
+def test_one_adapter_has_no_direction():
+    t = PresenceTracker(policy())
+    out = list(t.observe(sighting(A, at=0.0)._replace(adapter="hci0"))) + t.close()
+    assert [e.direction for e in out if isinstance(e, PresenceEvent)] == [None, None]
+
+
+def iphone(address, rssi=-60, at=0.0, rolling_id=None):
+    return sighting(address, rssi=rssi, at=at, platform=Platform.IOS)._replace(
+        address=address, rolling_id=rolling_id
+    )
+
+
+def test_an_iphone_id_learned_later_keeps_the_visit_and_rides_along():
+    t = PresenceTracker(policy())
+    address = "4A:00:00:00:00:01"
+    out = list(t.observe(iphone(address, at=0.0)))
+    out += t.observe(iphone(address, at=1.0, rolling_id=A))
+    out += t.observe(iphone(address, at=2.0, rolling_id=A))
+    out += t.close()
+    events = [e for e in out if isinstance(e, PresenceEvent)]
+    assert [(e.type.value, e.key, e.rolling_id) for e in events] == [
+        ("entry", address, None),
+        ("exit", address, A),
+    ]
+
+
+def test_an_iphone_new_quarter_hour_id_splits_the_visit():
+    t = PresenceTracker(policy())
+    address = "4A:00:00:00:00:01"
+    out = list(t.observe(iphone(address, at=0.0, rolling_id=A)))
+    out += t.observe(iphone(address, at=1.0, rolling_id=B))
+    out += t.close()
+    events = [e for e in out if isinstance(e, PresenceEvent)]
+    assert [(e.type.value, e.rolling_id) for e in events] == [
+        ("entry", A),
+        ("exit", A),
+        ("entry", B),
+        ("exit", B),
+    ]

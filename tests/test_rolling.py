@@ -70,3 +70,18 @@ def test_bad_inputs_are_clear_errors():
         rolling.daily_key(ZEROS, DAY, date(2020, 8, 7))
     with pytest.raises(ValueError, match=r"outside 0\.\.95"):
         rolling.slot_start(DAY, 96)
+
+
+def test_address_ids_hold_until_the_quarter_hour_changes():
+    ids = rolling.AddressIds(max_entries=2)
+    t = 1596864600.0  # 2020-08-08 05:30 UTC, slot 22
+    ids.learn("AA", "b9a665d754fe65e665d76a45", t + 10)
+    assert "AA" in ids
+    assert ids.get("AA", t + 899) == "b9a665d754fe65e665d76a45"
+    assert ids.get("AA", t + 900) is None  # slot 23: the phone broadcasts another ID now
+    assert "AA" not in ids
+    ids.learn("A", "00" * 12, t)
+    ids.learn("B", "11" * 12, t)
+    ids.learn("C", "22" * 12, t)
+    assert len(ids) == 2
+    assert ids.get("A", t) is None  # bounded: the oldest went first

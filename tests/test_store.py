@@ -25,6 +25,7 @@ from tests._store_writer import EVENTS_PER_FLUSH
 CONTRACT_KEYS = [
     "id", "seq", "gateway", "site", "type", "ts", "app", "platform", "rolling_id", "rssi_max",
     "sightings", "first_seen", "last_seen", "dwell_s", "entry_id", "checked_in", "clock_synced",
+    "direction",
 ]  # fmt: skip
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 T0_UNIX = 1_596_870_000.0  # 2020-08-08T07:00:00Z

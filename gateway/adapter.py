@@ -179,9 +179,10 @@ def _adapter(address: str) -> Any:
     _dbus()
     from bluezero import adapter  # see _dbus
 
+    _find(address)  # bluezero fails with a TypeError on a missing adapter: say it clearly
     try:
         return adapter.Adapter(address)
-    except (adapter.AdapterError, _dbus_error(), ValueError) as e:
+    except (adapter.AdapterError, _dbus_error(), ValueError, TypeError) as e:
         msg = f"cannot open adapter {address}: {e}"
         raise AdapterError(msg) from None
 

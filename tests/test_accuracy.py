@@ -45,7 +45,7 @@ def test_visits_match_the_truth(seed, tmp_path, capsys):
         stored = list(store.events())
     score = scoring.score(scoring.visits_from_events(decided), scoring.truth_visits(sim.truth()))
     with capsys.disabled():
-        print(f"\nseed {seed}, noise σ 5 dB: {score.as_dict()}")  # noqa: T201
+        print(f"\nseed {seed}, noise σ 5 dB: {score.as_dict()}")
     assert len(stored) == len(decided)  # every decision reached SQLite
     assert score.observable >= 150  # a real test: busy enough to mean something
     assert score.precision >= 0.97

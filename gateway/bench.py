@@ -90,16 +90,34 @@ def _machine() -> str:
     )
 
 
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace the ``name`` section of a Markdown file (between its markers), or append it.
+
+    Each benchmark script owns one section, so that running one leaves the others' numbers.
+    """
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{body.strip()}\n{end}\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text, encoding="utf-8")
+
+
+def machine() -> str:
+    """Return a one-line description of this machine."""
+    return f"{_machine()}; {time.strftime('%Y-%m-%d', time.gmtime())}"
+
+
 def render(result: dict[str, Any], runs: int) -> str:
-    """Return docs/benchmarks.md."""
+    """Return the replay section of docs/benchmarks.md."""
     ok = result["replay_adverts_per_s"] >= 100_000
-    return f"""# Benchmarks
+    return f"""## Replay: parse → decode → presence → SQLite, one core
 
-Produced by `python -m gateway.bench --write docs/benchmarks.md` (bluezone-gateway
-{__version__}) on {time.strftime("%Y-%m-%d", time.gmtime())}. Machine: {_machine()}.
-A Raspberry Pi Zero 2 W is roughly 8-10× slower per core.
-
-## Replay: parse → decode → presence → SQLite, one core
+`python -m gateway.bench --write docs/benchmarks.md` (bluezone-gateway {__version__}),
+{machine()}. A Raspberry Pi Zero 2 W is roughly 8-10× slower per core.
 
 A simulated entrance (`simulate --people {result["people"]} --minutes 60 --seed 1`):
 {result["adverts"]:,} adverts, {result["capture_mib"]} MiB of capture,
@@ -135,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         result = bench(args.adverts, args.runs, Path(work))
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     if args.write:
-        args.write.write_text(render(result, args.runs), encoding="utf-8")
+        write_section(args.write, "replay", render(result, args.runs))
     return 0
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 from gateway import bench
 
 
@@ -11,3 +16,14 @@ def test_bench_smoke(tmp_path, capsys):
     text = out.read_text()
     assert "adverts/s (median)" in text
     assert '"replay_adverts_per_s"' in capsys.readouterr().out
+
+
+def test_scanner_bench_smoke(tmp_path):
+    out = tmp_path / "benchmarks.md"
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(root / "bench" / "scanner.py"), "--adverts", "300", "--runs", "1",
+         "--write", str(out)], capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    assert json.loads(result.stdout)["into_callback_per_s"] > 0
+    assert "<!-- bench:scanner -->" in out.read_text()

@@ -35,12 +35,14 @@ from gateway.presence import PresenceTracker
 from gateway.scan import AdapterScanner, GattReader, scan
 from gateway.simulate import Radio, Scenario, Simulation
 from gateway.store import EVENT_FIELDS, EventStore
+from gateway.sync import Publisher
 
 _LOGGER = logging.getLogger(__name__)
 
 EXIT_OK: Final = 0
 EXIT_BAD_INPUT: Final = 1
 EXIT_USAGE: Final = 2
+MAX_PENDING_SHOWN: Final = 10_000_000
 TICK_S: Final = 1.0
 """Replay ends silent visits once per second of capture time, as the daemon's ticker does."""
 
@@ -140,6 +142,36 @@ run 'bluezone-gateway COMMAND --help' for each command's options and examples.""
     p.add_argument("--out", required=True, help="capture file to write; - for stdout")
     p.add_argument("--config", type=Path, help="TOML configuration ([scanner], [gateway] id)")
     p.set_defaults(func=_cmd_capture)
+
+    p = command(
+        "sync",
+        "Publish the outbox to the [mqtt] broker (operators, tests; `run` syncs by itself).",
+        """\
+  bluezone-gateway sync --config /etc/bluezone/gateway.toml --until-empty
+  bluezone-gateway sync --config gw.toml --db copy.db --until-empty --timeout-s 300""",
+    )
+    p.add_argument("--config", type=Path, required=True, help="TOML configuration with [mqtt]")
+    p.add_argument("--db", type=Path, help="SQLite file (default: the configured one)")
+    p.add_argument(
+        "--until-empty",
+        action="store_true",
+        required=True,
+        help="exit 0 once every event is PUBACKed (retrying through outages)",
+    )
+    p.add_argument("--timeout-s", type=float, help="give up after this long, exit 1")
+    p.set_defaults(func=_cmd_sync)
+
+    p = command(
+        "status",
+        "Show the outbox, the seq range and what the daemon last knew of the broker.",
+        """\
+  bluezone-gateway status --config /etc/bluezone/gateway.toml
+  bluezone-gateway status --db events.db --json""",
+    )
+    p.add_argument("--config", type=Path, help="TOML configuration (for the SQLite file)")
+    p.add_argument("--db", type=Path, help="SQLite file (default: the configured one)")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=_cmd_status)
 
     p = command(
         "decode",
@@ -272,7 +304,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             gatt = GattReader(cfg.scanner, scanners, wall_time)
     with contextlib.ExitStack() as stack:
         tee = stack.enter_context(_open_output(str(args.capture))) if args.capture else None
-        return asyncio.run(Daemon(cfg, source, capture_to=tee, gatt=gatt).run())
+        daemon = Daemon(
+            cfg, source, capture_to=tee, gatt=gatt, scanners=None if args.simulate else scanners
+        )
+        return asyncio.run(daemon.run())
 
 
 def _cmd_capture(args: argparse.Namespace) -> int:
@@ -328,6 +363,69 @@ async def _capture(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return count
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    if not cfg.mqtt.enabled:
+        msg = f"{args.config} has no [mqtt] host: nothing to sync to"
+        raise UsageError(msg)
+    db = args.db or cfg.db_path
+    if not db.exists():
+        msg = f"{db} does not exist"
+        raise UsageError(msg)
+    with EventStore.open(db, gateway=cfg.gateway.id, site=cfg.gateway.site) as store:
+        before = len(store.pending(limit=MAX_PENDING_SHOWN))
+        publisher = Publisher(
+            cfg.mqtt, store, gateway=cfg.gateway.id, site=cfg.gateway.site, boot_time=time.time()
+        )
+        drained = asyncio.run(publisher.drain(args.timeout_s))
+        left = len(store.pending(limit=MAX_PENDING_SHOWN))
+    _say(
+        "sync",
+        f"{publisher.acked:,} events acknowledged by {cfg.mqtt.host}"
+        f" ({before:,} were waiting), {left:,} left in the outbox"
+        + ("" if drained else f"; gave up after {args.timeout_s} s"),
+    )
+    return EXIT_OK if drained else EXIT_BAD_INPUT
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    db = args.db or cfg.db_path
+    if not db.exists():
+        msg = f"{db} does not exist (no events stored yet?)"
+        raise UsageError(msg)
+    with EventStore.open(db, gateway="", site="", readonly=True) as store:
+        stats = store.stats()
+        state = {
+            key: store.state(key)
+            for key in ("broker", "broker_since", "last_puback_ts", "dropped_unsynced")
+        }
+    oldest = stats["oldest_unsynced_ts"]
+    report = {
+        "db": str(db),
+        "events": stats["events"],
+        "seq": [stats["first_seq"], stats["last_seq"]],
+        "outbox": stats["outbox"],
+        "oldest_unsynced_ts": oldest,
+        "oldest_unsynced_age_s": None
+        if oldest is None
+        else round(time.time() - parse_iso_utc(oldest), 1),
+        "last_puback_ts": state["last_puback_ts"],
+        "broker": state["broker"] or ("not configured" if not cfg.mqtt.enabled else "unknown"),
+        "broker_since": state["broker_since"],
+        "dropped_unsynced": int(state["dropped_unsynced"] or 0),
+    }
+    if args.json:
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+    else:
+        rows = [
+            [key.replace("_", " "), "-" if value is None else value]
+            for key, value in report.items()
+        ]
+        sys.stdout.write(tabulate(rows, tablefmt="plain") + "\n")
+    return EXIT_OK
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:

@@ -63,6 +63,8 @@ class StoreSection:
     lose the last commits on power loss but never corrupts."""
     commit_interval_s: float = 1.0
     """Events are committed in groups at most this far apart (one fsync per group)."""
+    min_free_mb: float = 64.0
+    """Below this much free disk, the oldest unsynced events are dropped (and counted)."""
 
     def __post_init__(self) -> None:
         """Reject what `EventStore.open` would reject, so that it fails here, with the line."""
@@ -128,6 +130,76 @@ class ScannerSection:
         return self.adapters or (self.adapter,)
 
 
+TOPIC_LEVELS_RE: Final = re.compile(r"^[^#+/\x00]+(/[^#+/\x00]+)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSection:
+    """``[mqtt]``: the central broker; no ``host`` means sync is off (events wait in the outbox)."""
+
+    host: str | None = None
+    """The broker's host name (as in its TLS certificate)."""
+    port: int | None = None
+    """Default 8883 with TLS, 1883 without."""
+    username: str | None = None
+    """Default: none (client-certificate or anonymous brokers)."""
+    password_file: Path | None = None
+    """A file holding the password (so it is never in the config or the logs)."""
+    tls: bool = True
+    """TLS with the broker's certificate verified; switch off only on a trusted network."""
+    ca_file: Path | None = None
+    """The CA that signed the broker's certificate; default: the system's CAs."""
+    cert_file: Path | None = None
+    """A client certificate (per-gateway credentials instead of, or with, a password)."""
+    key_file: Path | None = None
+    topic_prefix: str = "bluezone/v1"
+    protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT 5 reports refused publishes (an ACL) in the PUBACK; 3.1.1 silently drops them."""
+    health_interval_s: float = 60.0
+    keepalive_s: int = 60
+    inflight: int = 20
+    """Publishes awaiting PUBACK at once (paho's default; mosquitto allows 20 by default)."""
+
+    def __post_init__(self) -> None:
+        """Check the combinations that cannot work."""
+        if (self.cert_file is None) != (self.key_file is None):
+            msg = "cert_file and key_file go together"
+            raise ValueError(msg)
+        if self.port is not None and not 0 < self.port < 65536:
+            msg = f"port must be 1..65535, got {self.port}"
+            raise ValueError(msg)
+        if not TOPIC_LEVELS_RE.match(self.topic_prefix):
+            msg = f"topic_prefix {self.topic_prefix!r} must be topic levels without + # or //"
+            raise ValueError(msg)
+        if not (self.health_interval_s > 0 and self.keepalive_s > 0 and self.inflight > 0):
+            msg = "health_interval_s, keepalive_s and inflight must be > 0"
+            raise ValueError(msg)
+
+    @property
+    def enabled(self) -> bool:
+        """Return whether a broker is configured."""
+        return self.host is not None
+
+    @property
+    def broker_port(self) -> int:
+        """Return the port to connect to."""
+        return self.port or (8883 if self.tls else 1883)
+
+    def password(self) -> str | None:
+        """Read the password file (None without one).
+
+        Raises:
+            ConfigError: the file cannot be read.
+        """
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            msg = f"[mqtt] password_file {self.password_file}: {e.strerror}"
+            raise ConfigError(msg) from None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
@@ -136,6 +208,7 @@ class Config:
     store: StoreSection = field(default_factory=StoreSection)
     presence: PresencePolicy = field(default_factory=PresencePolicy)
     scanner: ScannerSection = field(default_factory=ScannerSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
     source: Path | None = None
     """The file it was read from, if any."""
 
@@ -150,6 +223,7 @@ _SECTIONS: Final[dict[str, type]] = {
     "store": StoreSection,
     "presence": PresencePolicy,
     "scanner": ScannerSection,
+    "mqtt": MqttSection,
 }
 
 
@@ -246,6 +320,18 @@ _FIELD_TYPES: Final[dict[tuple[str, str], Any]] = {
     ("scanner", "roles"): "roles",
     ("scanner", "mode"): ("active", "passive", "auto"),
     ("scanner", "gatt"): bool,
+    ("mqtt", "host"): "text",
+    ("mqtt", "port"): int,
+    ("mqtt", "username"): "text",
+    ("mqtt", "password_file"): Path,
+    ("mqtt", "tls"): bool,
+    ("mqtt", "ca_file"): Path,
+    ("mqtt", "cert_file"): Path,
+    ("mqtt", "key_file"): Path,
+    ("mqtt", "topic_prefix"): "text",
+    ("mqtt", "protocol"): ("5", "3.1.1"),
+    ("mqtt", "keepalive_s"): int,
+    ("mqtt", "inflight"): int,
 }
 ADAPTER_RE: Final = re.compile(r"^(hci\d{1,3}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2})$")
 
@@ -267,6 +353,10 @@ def _coerce(key: str, kind: Any, value: Any, at: str) -> Any:  # noqa: C901 - on
         if isinstance(value, bool):
             return value
         msg = f"{at}: {key} must be true or false, got {value!r}"
+    elif kind == "text":
+        if isinstance(value, str) and value:
+            return value
+        msg = f"{at}: {key} must be a non-empty string, got {value!r}"
     elif kind == "name":
         if isinstance(value, str) and NAME_RE.match(value):
             return value

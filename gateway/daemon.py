@@ -10,20 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable, Coroutine
 from typing import IO, Any, Final
 
-from gateway import capture
+from gateway import __version__, capture
 from gateway.clock import clock_synced
 from gateway.config import Config
-from gateway.model import Advert, CheckIn, GatewayError, PresenceEvent
+from gateway.model import Advert, CheckIn, GatewayError, PresenceEvent, iso_utc, parse_iso_utc
 from gateway.pipeline import Pipeline
 from gateway.presence import PresenceTracker
-from gateway.scan import GattReader
+from gateway.scan import AdapterScanner, GattReader
 from gateway.simulate import Scenario, Simulation
 from gateway.store import EventStore, StoreError
+from gateway.sync import Publisher
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -33,6 +35,10 @@ TICK_S: Final = 1.0
 STATUS_EVERY_S: Final = 30.0
 CLOCK_CHECK_EVERY_S: Final = 10.0
 PRUNE_EVERY_S: Final = 3600.0
+DISK_CHECK_EVERY_S: Final = 60.0
+DROP_BATCH: Final = 1000
+"""Unsynced events dropped per minute while the disk stays below ``min_free_mb``."""
+RATE_WINDOW_S: Final = 10.0
 SIMULATED_HOUR_PEOPLE: Final = 120
 """People per simulated hour in ``run --simulate``: two a minute keeps the demo lively."""
 
@@ -75,19 +81,27 @@ class Daemon:
         *,
         capture_to: IO[bytes] | None = None,
         gatt: GattReader | None = None,
+        scanners: list[AdapterScanner] | None = None,
     ) -> None:
         self.config = config
         self._source = source
         self._capture_to = capture_to
         """Where to record every advert heard, in the capture format (``run --capture``)."""
         self._gatt = gatt
+        self._scanners = scanners
+        """The live scanners, for health; None when the source is the simulator."""
         self._stop = asyncio.Event()
         self.dropped = 0
         self.errors = 0
         self._synced = False
+        self._boot_time = time.time()
+        self._started = time.monotonic()
+        self._rate = 0.0
+        self._disk_free_mb: float | None = None
+        self.publisher: Publisher | None = None
 
     def stop(self) -> None:
-        """Ask the daemon to finish: close open visits, commit, return."""
+        """Ask the daemon to finish: close open visits, commit, say offline, return."""
         self._stop.set()
 
     async def run(self) -> int:
@@ -102,6 +116,7 @@ class Daemon:
             retention_days=cfg.store.retention_days,
         )
         self._synced = clock_synced()
+        self._disk_free_mb = round(shutil.disk_usage(cfg.db_path.parent).free / 2**20, 1)
         try:
             pipeline = Pipeline(
                 PresenceTracker(cfg.presence, roles=cfg.scanner.role_of()),
@@ -114,11 +129,17 @@ class Daemon:
                 on_unresolved=self._gatt.want if self._gatt else None,
                 tap=self._record if self._capture_to else None,
             )
+            if cfg.mqtt.enabled:
+                self.publisher = Publisher(
+                    cfg.mqtt, store, gateway=cfg.gateway.id, site=cfg.gateway.site,
+                    boot_time=self._boot_time, health=lambda: self.health(pipeline),
+                )  # fmt: skip
             _LOGGER.info(
-                "Gateway %s (site %s) storing events in %s",
+                "Gateway %s (site %s) storing events in %s%s",
                 cfg.gateway.id,
                 cfg.gateway.site,
                 cfg.db_path,
+                f", syncing to {cfg.mqtt.host}" if cfg.mqtt.enabled else "",
             )
             return await self._serve(pipeline)
         finally:
@@ -139,9 +160,11 @@ class Daemon:
                 ]
                 if self._gatt is not None:
                     tasks.append(group.create_task(self._gatt.run(), name="gatt"))
+                sync = None
+                if self.publisher is not None:
+                    sync = group.create_task(self.publisher.run(), name="sync")
                 await self._stop.wait()
-                for task in tasks:
-                    task.cancel()
+                await self._shut_down(tasks, sync, queue, pipeline)
         except* Exception as group_error:
             for error in _leaves(group_error):
                 if isinstance(error, GatewayError):  # expected trouble: its message says it
@@ -149,14 +172,71 @@ class Daemon:
                 else:
                     _LOGGER.error("Stopping: %s", error, exc_info=error)  # noqa: TRY400
             failed = True
+            pipeline.close()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-        while not queue.empty():
-            self._feed(pipeline, queue.get_nowait())
-        pipeline.close()
         _LOGGER.info("Stopped: %s", _summary(pipeline, self.dropped))
         return 1 if failed else 0
+
+    async def _shut_down(
+        self,
+        tasks: list[asyncio.Task[None]],
+        sync: asyncio.Task[None] | None,
+        queue: asyncio.Queue[Advert],
+        pipeline: Pipeline,
+    ) -> None:
+        """Stop listening, finish what was heard, commit, then say offline to the broker."""
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        while not queue.empty():
+            self._feed(pipeline, queue.get_nowait())
+        pipeline.close()  # the visits still open end now, and everything is committed
+        if sync is not None and self.publisher is not None:
+            await self.publisher.close()  # retained "offline", then DISCONNECT
+            sync.cancel()
+
+    def health(self, pipeline: Pipeline) -> dict[str, Any]:
+        """Return the health message (docs/mqtt.md): outbox, scanners, counters."""
+        store = pipeline.store
+        stats = store.stats()
+        oldest = stats["oldest_unsynced_ts"]
+        now = time.time()
+        publisher = self.publisher.health() if self.publisher else {}
+        scanners = ([s.health() for s in self._scanners] if self._scanners is not None else
+                    [{"adapter": "simulator", "name": None, "state": "simulated",
+                      "adverts": pipeline.counters.adverts, "malformed": 0, "recoveries": {},
+                      "last_advert_age_s": None}])  # fmt: skip
+        return {
+            "gateway": self.config.gateway.id,
+            "site": self.config.gateway.site,
+            "version": __version__,
+            "ts": iso_utc(now),
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "clock_synced": self._synced,
+            "disk_free_mb": self._disk_free_mb,
+            "present": len(pipeline.tracker.present()),
+            "adverts_per_s": round(self._rate, 1),
+            "outbox": {
+                "depth": stats["outbox"],
+                "oldest_unsynced_ts": oldest,
+                "oldest_unsynced_age_s": None
+                if oldest is None
+                else round(now - parse_iso_utc(oldest), 1),
+                "last_puback_ts": publisher.get("last_puback_ts") or store.state("last_puback_ts"),
+                "first_seq": stats["first_seq"],
+                "last_seq": stats["last_seq"],
+            },
+            "scanners": scanners,
+            "counters": {
+                "dropped_adverts": self.dropped,
+                "dropped_unsynced_events": int(store.state("dropped_unsynced") or 0),
+                "publish_failures": publisher.get("publish_failures", 0),
+                "reconnects": publisher.get("reconnects", 0),
+                "recoveries": sum(sum(s.recoveries.values()) for s in self._scanners or []),
+            },
+        }
 
     def _record(self, advert: Advert) -> None:
         if self._capture_to is not None:
@@ -193,34 +273,51 @@ class Daemon:
             _LOGGER.exception("Could not process advert %r", advert)
 
     async def _tick(self, pipeline: Pipeline) -> None:
-        last_status = last_clock = time.monotonic()
-        last_prune = -PRUNE_EVERY_S
-        last_adverts = 0
+        last_status = last_clock = last_rate = time.monotonic()
+        last_prune = last_disk = -PRUNE_EVERY_S
+        status_adverts = rate_adverts = 0
         while True:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
             try:
                 pipeline.tick(now)
+                if now - last_disk >= DISK_CHECK_EVERY_S:
+                    last_disk = now
+                    self._mind_the_disk(pipeline.store)
+                if self._synced and now - last_prune >= PRUNE_EVERY_S:
+                    last_prune = now
+                    # Without a broker nothing is ever marked synced: then retention applies
+                    # to every event; with one, unsynced events wait for it.
+                    pipeline.store.prune(time.time(), include_unsynced=not self.config.mqtt.enabled)
             except StoreError as e:
                 self.errors += 1
                 _LOGGER.error("%s", e)  # noqa: TRY400 - the message says it all
             if now - last_clock >= CLOCK_CHECK_EVERY_S:
                 last_clock = now
                 self._synced = clock_synced()
-            if self._synced and now - last_prune >= PRUNE_EVERY_S:
-                last_prune = now
-                # No MQTT sync yet, so nothing would ever mark events synced: retention
-                # applies to every event.
-                pipeline.store.prune(time.time(), include_unsynced=True)
+            if now - last_rate >= RATE_WINDOW_S:
+                self._rate = (pipeline.counters.adverts - rate_adverts) / (now - last_rate)
+                last_rate, rate_adverts = now, pipeline.counters.adverts
             if now - last_status >= STATUS_EVERY_S:
-                rate = (pipeline.counters.adverts - last_adverts) / (now - last_status)
-                last_status, last_adverts = now, pipeline.counters.adverts
+                rate = (pipeline.counters.adverts - status_adverts) / (now - last_status)
+                last_status, status_adverts = now, pipeline.counters.adverts
                 _LOGGER.info(
                     "%.0f adverts/s, %d present, %s",
                     rate,
                     len(pipeline.tracker.present()),
                     _summary(pipeline, self.dropped),
                 )
+
+    def _mind_the_disk(self, store: EventStore) -> None:
+        """Keep ``min_free_mb`` free: oldest unsynced events go only when nothing else can."""
+        path = self.config.db_path.parent
+        free_mb = shutil.disk_usage(path).free / 2**20
+        self._disk_free_mb = round(free_mb, 1)
+        if free_mb >= self.config.store.min_free_mb:
+            return
+        if self._synced:
+            store.prune(time.time(), include_unsynced=False)
+        store.drop_oldest_unsynced(DROP_BATCH)
 
 
 def _leaves(error: BaseException) -> list[BaseException]:

@@ -89,6 +89,12 @@ def m002_direction(db: Database) -> None:
     db.execute("ALTER TABLE events ADD COLUMN direction TEXT CHECK (direction IN ('in', 'out'))")
 
 
+@_MIGRATIONS()
+def m003_state(db: Database) -> None:
+    """Add a small key/value table: what the publisher knows, for ``status`` and health."""
+    db.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT")
+
+
 class StoreError(GatewayError):
     """The event store cannot be opened or written."""
 
@@ -312,9 +318,55 @@ class EventStore:
         where = " AND ".join(clauses) or None
         return self._rows(where, params, limit=limit)
 
-    def pending(self, limit: int = MAX_BUFFERED_ROWS) -> list[dict[str, Any]]:
-        """Return up to ``limit`` committed events still in the outbox, in seq order."""
-        return list(self._rows("seq IN (SELECT seq FROM outbox)", [], limit=limit))
+    def pending(self, limit: int = MAX_BUFFERED_ROWS, after_seq: int = 0) -> list[dict[str, Any]]:
+        """Return up to ``limit`` committed events still in the outbox, in seq order.
+
+        ``after_seq`` skips what a publisher already has in flight.
+        """
+        return list(
+            self._rows("seq IN (SELECT seq FROM outbox WHERE seq > ?)", [after_seq], limit=limit)
+        )
+
+    def drop_oldest_unsynced(self, count: int) -> int:
+        """Delete the ``count`` oldest unsynced events (the disk is nearly full); return how many.
+
+        The last resort of disk pressure: synced events go first, by retention; this only runs
+        when that was not enough. Every drop is counted in the ``dropped_unsynced`` state.
+        """
+        self._require_writable()
+        with self._db.atomic():
+            dropped = self._db.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
+                [count],
+            ).rowcount
+            total = int(self.state("dropped_unsynced") or 0) + dropped
+            self._set_state("dropped_unsynced", str(total))
+        if dropped:
+            _LOGGER.error(
+                "Disk nearly full: dropped the %d oldest unsynced events (%d in all)",
+                dropped,
+                total,
+            )
+        return dropped
+
+    def state(self, key: str) -> str | None:
+        """Return a value of the gateway's small key/value state (None when unset)."""
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_state(self, **values: str) -> None:
+        """Record key/value state (last PUBACK time, broker state) in one transaction."""
+        self._require_writable()
+        with self._db.atomic():
+            for key, value in values.items():
+                self._set_state(key, value)
+
+    def _set_state(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO state (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )
 
     def mark_synced(self, seqs: Iterable[int]) -> int:
         """Remove events from the outbox in one transaction; return how many were there."""

@@ -147,9 +147,9 @@ ERRORS = [
         id="unknown-key",
     ),
     pytest.param(
-        '[gateway]\nsite = "lobby"\n\n[mqtt]\nhost = "broker"\n',
+        '[gateway]\nsite = "lobby"\n\n[web]\nlisten = "0.0.0.0"\n',
         ":4:",
-        "[mqtt]",
+        "[web]",
         id="unknown-section",
     ),
     pytest.param(

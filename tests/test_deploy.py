@@ -20,9 +20,10 @@ def test_commented_config_names_every_key_with_its_default():
     assert loaded.presence == defaults.presence
     assert dataclasses.replace(loaded.store, path=None) == defaults.store
     assert loaded.scanner == defaults.scanner
-    for section in ("gateway", "store", "presence", "scanner"):
+    assert loaded.mqtt == defaults.mqtt
+    for section in ("gateway", "store", "presence", "scanner", "mqtt"):
         for field in dataclasses.fields(getattr(defaults, section)):
-            assert re.search(rf"^# {field.name} = ", text, re.MULTILINE), field.name
+            assert re.search(rf"^# (e\.g\. )?{field.name} = ", text, re.MULTILINE), field.name
 
 
 def test_shipped_file_as_is_gives_the_defaults():

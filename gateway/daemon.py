@@ -95,7 +95,7 @@ class Daemon:
         self.errors = 0
         self._synced = False
         self._boot_time = time.time()
-        self._started = time.monotonic()
+        self._started = self._last_advert = time.monotonic()
         self._rate = 0.0
         self._disk_free_mb: float | None = None
         self.publisher: Publisher | None = None
@@ -204,10 +204,13 @@ class Daemon:
         oldest = stats["oldest_unsynced_ts"]
         now = time.time()
         publisher = self.publisher.health() if self.publisher else {}
-        scanners = ([s.health() for s in self._scanners] if self._scanners is not None else
-                    [{"adapter": "simulator", "name": None, "state": "simulated",
-                      "adverts": pipeline.counters.adverts, "malformed": 0, "recoveries": {},
-                      "last_advert_age_s": None}])  # fmt: skip
+        if self._scanners is not None:
+            scanners = [s.health() for s in self._scanners]
+        else:
+            age_s = round(time.monotonic() - self._last_advert, 1)
+            scanners = [{"adapter": "simulator", "name": None, "state": "simulated",
+                         "adverts": pipeline.counters.adverts, "malformed": 0,
+                         "recoveries": {}, "last_advert_age_s": age_s}]  # fmt: skip
         return {
             "gateway": self.config.gateway.id,
             "site": self.config.gateway.site,
@@ -260,6 +263,7 @@ class Daemon:
             self._feed(pipeline, await queue.get())
             for _ in range(queue.qsize()):  # drain a burst without going back to the loop
                 self._feed(pipeline, queue.get_nowait())
+            self._last_advert = time.monotonic()
 
     def _feed(self, pipeline: Pipeline, advert: Advert) -> None:
         try:

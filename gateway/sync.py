@@ -33,7 +33,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway import __version__
+from gateway import __version__, schemas
 from gateway.config import MqttSection
 from gateway.model import GatewayError, iso_utc
 from gateway.store import EventStore
@@ -45,12 +45,14 @@ BACKOFF_MAX_S: Final = 60.0
 """Reconnect delays double from 1 s to a minute, each drawn from [half, all] of it (jitter:
 a province of gateways must not reconnect in lockstep after a broker restart)."""
 CONNACK_TIMEOUT_S: Final = 30.0
+STABLE_S: Final = 60.0
+"""A connection that lasted this long counts as good even if nothing needed acknowledging."""
 ACK_FLUSH_S: Final = 0.2
-"""PUBACKed seqs are removed from the outbox in one transaction at most this often."""
+"""PUBACKed seqs are removed from the outbox in one transaction at most this often..."""
+ACK_BATCH: Final = 500
+"""...or once this many have gathered: what a crash can turn into duplicates, at most."""
 POLL_S: Final = 0.25
 """How often an idle publisher looks for newly committed events."""
-REPLAY_MAX: Final = 100_000
-"""The largest seq range one ``cmd/replay`` may ask for."""
 OFFLINE_WAIT_S: Final = 2.0
 FAILURE_LOG_EVERY: Final = 100
 
@@ -163,11 +165,29 @@ class Publisher:
                 )
                 await asyncio.sleep(delay)
                 continue
-            attempt = 0
+            acked, since = self.acked, time.monotonic()
             try:
                 await self._serve()
             finally:
                 self._teardown()
+            if self.acked > acked or time.monotonic() - since >= STABLE_S:
+                attempt = 0
+            else:
+                # Connected, yet dropped before anything was acknowledged: mosquitto 2.0 closes
+                # the connection after a publish its ACL refuses (eclipse/mosquitto#2579), so
+                # back off as after a refused connection instead of retrying every second.
+                delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2**attempt)
+                delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter
+                attempt += 1
+                _LOGGER.warning(
+                    "The broker dropped the connection before acknowledging anything; mosquitto "
+                    "does that after a publish its ACL refuses: check that %s may publish to "
+                    "%s/#. Retrying in %.1f s",
+                    self.settings.username or self.gateway,
+                    self.topics.base,
+                    delay,
+                )
+                await asyncio.sleep(delay)
 
     async def drain(self, timeout_s: float | None = None) -> bool:
         """Publish until the outbox is empty and everything is PUBACKed (``sync --until-empty``).
@@ -240,6 +260,7 @@ class Publisher:
             )
         except ssl.SSLError as e:
             self._teardown()
+            _close_leaked_socket(e)
             msg = f"TLS with the broker failed: {e.reason or e}"
             raise SyncError(msg) from None
         except (OSError, socket.gaierror):
@@ -312,7 +333,7 @@ class Publisher:
         while not lost.is_set():
             self._fill_window(client)
             now = time.monotonic()
-            if self._acks and now - last_flush >= ACK_FLUSH_S:
+            if self._acks and (now - last_flush >= ACK_FLUSH_S or len(self._acks) >= ACK_BATCH):
                 self._flush_acks()
                 last_flush = now
             if now >= next_misc:
@@ -365,6 +386,9 @@ class Publisher:
             if sock is not None:
                 self._loop.remove_reader(sock)
                 self._loop.remove_writer(sock)
+                # paho closes its socket when it sees the connection end; not when we give
+                # up on a client (a refused CONNACK, a timeout), and the client is dropped.
+                sock.close()
         self._client = None
 
     # --- paho callbacks (on the loop's thread, but for socket_open during connect) -------------
@@ -508,12 +532,9 @@ class Publisher:
             msg = f"unknown key {sorted(unknown)[0]!r} (known: from_seq, to_seq, request_id)"
             raise ValueError(msg)
         low, high = _positive(request, "from_seq"), _positive(request, "to_seq")
-        if high < low:
-            msg = f"to_seq ({high}) is below from_seq ({low})"
-            raise ValueError(msg)
-        if high - low + 1 > REPLAY_MAX:
-            msg = f"at most {REPLAY_MAX} seqs per replay, asked for {high - low + 1}"
-            raise ValueError(msg)
+        error = schemas.replay_range_error(request)
+        if error is not None:
+            raise ValueError(error)
         events = self.store.events_between(low, high)
         self._replays.extend(events)
         missing = high - low + 1 - len(events)
@@ -574,3 +595,20 @@ def _positive(request: dict[str, Any], key: str) -> int:
         msg = f"{key} must be an integer >= 1, got {value!r}"
         raise ValueError(msg)
     return value
+
+
+def _close_leaked_socket(error: BaseException) -> None:
+    """Close the TLS socket paho leaves open when the handshake fails.
+
+    paho-mqtt 2.2's ``_ssl_wrap_socket`` raises out of ``do_handshake()`` without closing the
+    socket it made, and the client never learns of it; it is reachable only from the frames of
+    the traceback. Without this, every refused handshake leaks a descriptor until the garbage
+    collector runs, and a gateway retrying for days against a misconfigured broker would
+    accumulate them.
+    """
+    tb = error.__traceback__
+    while tb is not None:
+        sock = tb.tb_frame.f_locals.get("ssl_sock")
+        if isinstance(sock, ssl.SSLSocket):
+            sock.close()
+        tb = tb.tb_next

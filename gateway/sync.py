@@ -49,9 +49,11 @@ STABLE_S: Final = 60.0
 """A connection that lasted this long counts as good even if nothing needed acknowledging."""
 ACK_FLUSH_S: Final = 0.2
 """PUBACKed seqs are removed from the outbox in one transaction at most this often..."""
+PREFETCH: Final = 500
 ACK_BATCH: Final = 500
 """...or once this many have gathered: what a crash can turn into duplicates, at most."""
 POLL_S: Final = 0.25
+DRAIN_POLL_S: Final = 0.02
 """How often an idle publisher looks for newly committed events."""
 OFFLINE_WAIT_S: Final = 2.0
 FAILURE_LOG_EVERY: Final = 100
@@ -133,10 +135,13 @@ class Publisher:
         self._acks: list[int] = []
         self._cursor = 0
         self._replays: deque[dict[str, Any]] = deque()
+        self._ahead: deque[dict[str, Any]] = deque()
+        """Outbox rows read ahead of the in-flight window (up to `PREFETCH`)."""
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._loop_thread: int | None = None
         self._awaited: tuple[int, asyncio.Event] | None = None
         self._closing = False
+        self._write_soon = False
         """A publish whose PUBACK someone waits for (the offline status at shutdown)."""
         self._lost: asyncio.Event | None = None
 
@@ -201,7 +206,7 @@ class Publisher:
                 while not self._drained():
                     if runner.done():
                         runner.result()
-                    await asyncio.sleep(POLL_S)
+                    await asyncio.sleep(DRAIN_POLL_S)
         except TimeoutError:
             drained = False
         finally:
@@ -215,6 +220,7 @@ class Publisher:
             self.connected
             and not self._inflight
             and not self._acks
+            and not self._ahead
             and not self.store.pending(limit=1)
         )
 
@@ -317,6 +323,8 @@ class Publisher:
             return
         self.connected = True
         self._cursor = 0  # a clean session: everything still in the outbox goes again
+        self._write_soon = False
+        self._ahead.clear()
         self._record_broker("connected")
         _LOGGER.info(
             "Connected to MQTT broker %s:%d as %s",
@@ -333,7 +341,11 @@ class Publisher:
         while not lost.is_set():
             self._fill_window(client)
             now = time.monotonic()
-            if self._acks and (now - last_flush >= ACK_FLUSH_S or len(self._acks) >= ACK_BATCH):
+            if self._acks and (
+                now - last_flush >= ACK_FLUSH_S
+                or len(self._acks) >= ACK_BATCH
+                or not self._inflight
+            ):
                 self._flush_acks()
                 last_flush = now
             if now >= next_misc:
@@ -355,11 +367,18 @@ class Publisher:
         while room > 0 and self._replays:
             self._publish_event(client, self._replays.popleft(), None)
             room -= 1
-        if room <= 0:
-            return
-        for event in self.store.pending(limit=room, after_seq=self._cursor):
+        ahead = self._ahead
+        while room > 0:
+            if not ahead:
+                # One query for a batch, not one per PUBACK (a query per message cost 40 % of
+                # the drain rate). Rows stay in the outbox until acknowledged either way.
+                ahead.extend(self.store.pending(limit=PREFETCH, after_seq=self._cursor))
+                if not ahead:
+                    return
+                self._cursor = ahead[-1]["seq"]
+            event = ahead.popleft()
             self._publish_event(client, event, event["seq"])
-            self._cursor = event["seq"]
+            room -= 1
 
     def _publish_event(self, client: mqtt.Client, event: dict[str, Any], seq: int | None) -> None:
         info = client.publish(self.topics.events, orjson.dumps(event), qos=1)
@@ -446,7 +465,12 @@ class Publisher:
             self._acks.append(seq)
             self.acked += 1
             self.last_puback = time.time()
-        self._wake.set()
+        if self.connected and not self._closing and self._client is not None:
+            # Refill the window right here, not on the next turn of _serve's loop: no event-loop
+            # round trip per PUBACK.
+            self._fill_window(self._client)
+        if len(self._acks) >= ACK_BATCH or not self._inflight:
+            self._wake.set()
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         name = message.topic.removeprefix(self.topics.base + "/cmd/")
@@ -462,7 +486,7 @@ class Publisher:
         self._in_loop(self._remove, sock)
 
     def _on_register_write(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        self._in_loop(self._add_writer, sock, client.loop_write)
+        self._in_loop(self._want_write, sock, client)
 
     def _on_unregister_write(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
         self._in_loop(self._remove_writer, sock)
@@ -484,9 +508,25 @@ class Publisher:
         if self._loop is not None:
             self._loop.add_reader(sock, read)
 
-    def _add_writer(self, sock: Any, write: Callable[[], Any]) -> None:
-        if self._loop is not None:
-            self._loop.add_writer(sock, write)
+    def _want_write(self, sock: Any, client: mqtt.Client) -> None:
+        """Paho has bytes to send: write them at the end of this turn of the loop.
+
+        One write for all the publishes made in this turn, and a writer registered with the
+        selector only when the socket's buffer is full: registering and removing one for
+        every message (two epoll_ctl calls and two handles each) took the drain's CPU from
+        54 to 73 µs a message here.
+        """
+        if not self._write_soon and self._loop is not None:
+            self._write_soon = True
+            self._loop.call_soon(self._write_now, sock, client)
+
+    def _write_now(self, sock: Any, client: mqtt.Client) -> None:
+        self._write_soon = False
+        if client is not self._client or self._loop is None:
+            return
+        client.loop_write()
+        if client.want_write():  # the socket buffer is full: wait until it drains
+            self._loop.add_writer(sock, client.loop_write)
 
     def _remove(self, sock: Any) -> None:
         if self._loop is not None:

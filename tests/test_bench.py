@@ -27,3 +27,14 @@ def test_scanner_bench_smoke(tmp_path):
     )  # fmt: skip
     assert json.loads(result.stdout)["into_callback_per_s"] > 0
     assert "<!-- bench:scanner -->" in out.read_text()
+
+
+def test_sync_bench_smoke(tmp_path):
+    out = tmp_path / "benchmarks.md"
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(root / "bench" / "sync.py"), "--events", "400", "--runs", "1",
+         "--write", str(out)], capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    assert json.loads(result.stdout)["gateway_drain_per_s"] > 0
+    assert "<!-- bench:sync -->" in out.read_text()

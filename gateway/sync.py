@@ -68,36 +68,30 @@ class Topics:
     """The gateway's topic tree (docs/mqtt.md)."""
 
     base: str
+    """``{prefix}/{site}/{gateway}``."""
+    events: str
+    """One event per message, QoS 1."""
+    status: str
+    """Retained online/offline, also the Last Will."""
+    health: str
+    """Periodic, QoS 0."""
+    commands: str
+    """What central servers may ask (``cmd/#``)."""
+    command_results: str
+    """The answer to every command."""
 
     @classmethod
     def of(cls, prefix: str, site: str, gateway: str) -> Topics:
         """Return the topics of one gateway."""
-        return cls(f"{prefix}/{site}/{gateway}")
-
-    @property
-    def events(self) -> str:
-        """Return ``…/events``: one event per message, QoS 1."""
-        return f"{self.base}/events"
-
-    @property
-    def status(self) -> str:
-        """Return ``…/status``: retained online/offline, also the Last Will."""
-        return f"{self.base}/status"
-
-    @property
-    def health(self) -> str:
-        """Return ``…/health``: periodic, QoS 0."""
-        return f"{self.base}/health"
-
-    @property
-    def commands(self) -> str:
-        """Return ``…/cmd/#``: what central servers may ask."""
-        return f"{self.base}/cmd/#"
-
-    @property
-    def command_results(self) -> str:
-        """Return ``…/cmd-result``: the answer to every command."""
-        return f"{self.base}/cmd-result"
+        base = f"{prefix}/{site}/{gateway}"
+        return cls(
+            base,
+            f"{base}/events",
+            f"{base}/status",
+            f"{base}/health",
+            f"{base}/cmd/#",
+            f"{base}/cmd-result",
+        )
 
 
 class Publisher:

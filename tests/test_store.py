@@ -272,6 +272,28 @@ def test_outbox(db_path: Path, store: EventStore) -> None:
     }
 
 
+def test_pending_after_seq_skips_what_is_in_flight(store: EventStore) -> None:
+    for visit in range(1, 4):
+        store.append(visit_events(visit, visit, visit + 60), wall=wall, clock_synced=True)
+    store.flush()
+    assert [e["seq"] for e in store.pending(limit=2, after_seq=3)] == [4, 5]
+
+
+def test_disk_pressure_drops_the_oldest_unsynced_and_counts_them(store: EventStore) -> None:
+    for visit in range(1, 4):
+        store.append(visit_events(visit, visit, visit + 60), wall=wall, clock_synced=True)
+    store.flush()
+    store.mark_synced([1])
+    assert store.drop_oldest_unsynced(2) == 2  # seqs 2 and 3: unsynced, oldest first
+    assert [e["seq"] for e in store.events()] == [1, 4, 5, 6]
+    assert store.drop_oldest_unsynced(10) == 3
+    assert [e["seq"] for e in store.events()] == [1]  # the synced one is not the outbox's
+    assert store.state("dropped_unsynced") == "5"
+    store.set_state(broker="connected", last_puback_ts="2020-08-08T07:00:00.000Z")
+    assert store.state("broker") == "connected"
+    assert store.state("nothing") is None
+
+
 def test_prune_keeps_unsynced_unless_asked(store: EventStore) -> None:
     now_s = 40 * DAY_S
     store.append(visit_events(1, 1.0, 2.0), wall=wall, clock_synced=True)  # old, synced

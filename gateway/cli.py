@@ -36,6 +36,7 @@ from gateway.scan import AdapterScanner, GattReader, scan
 from gateway.simulate import Radio, Scenario, Simulation
 from gateway.store import EVENT_FIELDS, EventStore
 from gateway.sync import Publisher
+from gateway.systemd import setup_logging
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,11 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(logging.DEBUG if args.debug else logging.INFO)
     try:
         return int(args.func(args))
     except GatewayError as e:
@@ -294,6 +291,7 @@ run 'bluezone-gateway COMMAND --help' for each command's options and examples.""
 
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
+    setup_logging(logging.DEBUG if args.debug else logging.INFO, cfg.gateway.id)
     scanners: list[AdapterScanner] = []
     gatt = None
     if args.simulate:

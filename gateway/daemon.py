@@ -8,6 +8,7 @@ than growing without bound.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import shutil
@@ -18,7 +19,8 @@ from typing import IO, Any, Final
 
 from gateway import __version__, capture
 from gateway.clock import clock_synced
-from gateway.config import Config
+from gateway.config import Config, ConfigError
+from gateway.config import load as load_config
 from gateway.model import Advert, CheckIn, GatewayError, PresenceEvent, iso_utc, parse_iso_utc
 from gateway.pipeline import Pipeline
 from gateway.presence import PresenceTracker
@@ -26,6 +28,7 @@ from gateway.scan import AdapterScanner, GattReader
 from gateway.simulate import Scenario, Simulation
 from gateway.store import EventStore, StoreError
 from gateway.sync import Publisher
+from gateway.systemd import Notifier
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ DISK_CHECK_EVERY_S: Final = 60.0
 DROP_BATCH: Final = 1000
 """Unsynced events dropped per minute while the disk stays below ``min_free_mb``."""
 RATE_WINDOW_S: Final = 10.0
+STATUS_NOTIFY_S: Final = 5.0
 SIMULATED_HOUR_PEOPLE: Final = 120
 """People per simulated hour in ``run --simulate``: two a minute keeps the demo lively."""
 
@@ -99,10 +103,49 @@ class Daemon:
         self._rate = 0.0
         self._disk_free_mb: float | None = None
         self.publisher: Publisher | None = None
+        self.notifier = Notifier()
+        self._pipeline: Pipeline | None = None
+        self._consumed = 0
+        self._queue: asyncio.Queue[Advert] | None = None
+        self._store_ok = True
 
     def stop(self) -> None:
         """Ask the daemon to finish: close open visits, commit, say offline, return."""
+        if not self._stop.is_set():
+            self.notifier.stopping()
         self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: read the configuration again and apply its ``[presence]`` thresholds.
+
+        The thresholds are all the engine reads per sighting, so they apply at once; a change
+        to any other section is reported as needing a restart. A configuration that no longer
+        loads is reported and the running one kept.
+        """
+        if self.config.source is None or self._pipeline is None:
+            _LOGGER.warning("SIGHUP: no configuration file to reload")
+            return
+        self.notifier.reloading()
+        try:
+            fresh = load_config(self.config.source)
+        except ConfigError as e:
+            _LOGGER.error("SIGHUP: keeping the running configuration: %s", e)  # noqa: TRY400
+        else:
+            if fresh.presence != self.config.presence:
+                self._pipeline.tracker.policy = fresh.presence
+                _LOGGER.info("SIGHUP: presence thresholds now %s", fresh.presence)
+            others = [
+                name
+                for name in ("gateway", "store", "scanner", "mqtt")
+                if getattr(fresh, name) != getattr(self.config, name)
+            ]
+            if others:
+                _LOGGER.warning(
+                    "SIGHUP: changes to %s take effect at the next restart",
+                    ", ".join(f"[{name}]" for name in others),
+                )
+            self.config = dataclasses.replace(self.config, presence=fresh.presence)
+        self.notifier.ready(self._status_line(self._pipeline))
 
     async def run(self) -> int:
         """Run until stopped; return the process exit code."""
@@ -147,9 +190,12 @@ class Daemon:
 
     async def _serve(self, pipeline: Pipeline) -> int:
         queue: asyncio.Queue[Advert] = asyncio.Queue(maxsize=QUEUE_MAX)
+        self._queue = queue
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._pipeline = pipeline
         failed = False
         try:
             async with asyncio.TaskGroup() as group:
@@ -160,6 +206,7 @@ class Daemon:
                 ]
                 if self._gatt is not None:
                     tasks.append(group.create_task(self._gatt.run(), name="gatt"))
+                tasks.append(group.create_task(self._announce_ready(pipeline), name="ready"))
                 sync = None
                 if self.publisher is not None:
                     sync = group.create_task(self.publisher.run(), name="sync")
@@ -174,10 +221,33 @@ class Daemon:
             failed = True
             pipeline.close()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         _LOGGER.info("Stopped: %s", _summary(pipeline, self.dropped))
         return 1 if failed else 0
+
+    async def _announce_ready(self, pipeline: Pipeline) -> None:
+        """READY=1 once the scanners scan (at once for the simulator): systemd's start waits."""
+        if self._scanners is not None:
+            while not self._scanners:  # noqa: ASYNC110 - the source fills it as it starts
+                await asyncio.sleep(0.05)
+            for scanner in list(self._scanners):
+                await scanner.scanning.wait()
+        self.notifier.ready(self._status_line(pipeline))
+        _LOGGER.info("Ready: %s", self._status_line(pipeline))
+
+    def _status_line(self, pipeline: Pipeline) -> str:
+        """Return what ``systemctl status`` shows: "scanning hci0, 12 present, outbox 0"."""
+        if self._scanners is None:
+            source = "simulating"
+        else:
+            source = (
+                ", ".join(f"{s.state} {s.info.name if s.info else s.ident}" for s in self._scanners)
+                or "starting"
+            )
+        outbox = pipeline.store.stats()["outbox"] if self.config.mqtt.enabled else None
+        line = f"{source}, {len(pipeline.tracker.present())} present"
+        return line + (f", outbox {outbox}" if outbox is not None else "")
 
     async def _shut_down(
         self,
@@ -264,6 +334,7 @@ class Daemon:
             for _ in range(queue.qsize()):  # drain a burst without going back to the loop
                 self._feed(pipeline, queue.get_nowait())
             self._last_advert = time.monotonic()
+            self._consumed += 1
 
     def _feed(self, pipeline: Pipeline, advert: Advert) -> None:
         try:
@@ -277,6 +348,37 @@ class Daemon:
             _LOGGER.exception("Could not process advert %r", advert)
 
     async def _tick(self, pipeline: Pipeline) -> None:
+        await asyncio.gather(self._run_ticks(pipeline), self._watch_progress(pipeline))
+
+    async def _watch_progress(self, pipeline: Pipeline) -> None:
+        """WATCHDOG=1 only while the pipeline makes progress, and STATUS= for humans.
+
+        Progress: the consumer has caught up with the queue or moved since the last look, and
+        the last commit worked. A wedged loop sends nothing at all, so systemd restarts us.
+        """
+        interval = self.notifier.watchdog_s
+        consumed = self._consumed
+        next_status = 0.0
+        while True:
+            await asyncio.sleep(min(interval or STATUS_NOTIFY_S, STATUS_NOTIFY_S))
+            moving = self._queue_empty() or self._consumed != consumed
+            consumed = self._consumed
+            if interval is not None and moving and self._store_ok:
+                self.notifier.watchdog()
+            elif interval is not None:
+                _LOGGER.warning(
+                    "No watchdog ping: the pipeline is stuck (queue %s, store %s)",
+                    "moving" if moving else "stuck",
+                    "ok" if self._store_ok else "failing",
+                )
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + STATUS_NOTIFY_S
+                self.notifier.status(self._status_line(pipeline))
+
+    def _queue_empty(self) -> bool:
+        return self._queue is None or self._queue.empty()
+
+    async def _run_ticks(self, pipeline: Pipeline) -> None:
         last_status = last_clock = last_rate = time.monotonic()
         last_prune = last_disk = -PRUNE_EVERY_S
         status_adverts = rate_adverts = 0
@@ -285,6 +387,7 @@ class Daemon:
             now = time.monotonic()
             try:
                 pipeline.tick(now)
+                self._store_ok = True
                 if now - last_disk >= DISK_CHECK_EVERY_S:
                     last_disk = now
                     self._mind_the_disk(pipeline.store)
@@ -295,6 +398,7 @@ class Daemon:
                     pipeline.store.prune(time.time(), include_unsynced=not self.config.mqtt.enabled)
             except StoreError as e:
                 self.errors += 1
+                self._store_ok = False
                 _LOGGER.error("%s", e)  # noqa: TRY400 - the message says it all
             if now - last_clock >= CLOCK_CHECK_EVERY_S:
                 last_clock = now

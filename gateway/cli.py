@@ -26,7 +26,7 @@ import orjson
 from tabulate import tabulate
 from tqdm import tqdm
 
-from gateway import __version__, capture, config, rolling, scoring
+from gateway import __version__, capture, config, doctor, rolling, scoring
 from gateway.daemon import AdvertSource, Daemon, simulated, wall_time
 from gateway.decode import decode_advert
 from gateway.model import Advert, EventType, GatewayError, PresenceEvent, iso_utc, parse_iso_utc
@@ -169,6 +169,17 @@ run 'bluezone-gateway COMMAND --help' for each command's options and examples.""
     p.add_argument("--db", type=Path, help="SQLite file (default: the configured one)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=_cmd_status)
+
+    p = command(
+        "doctor",
+        "Check this gateway: config, data dir, adapter, BlueZ, broker, clock, systemd.",
+        """\
+  bluezone-gateway doctor --config /etc/bluezone/gateway.toml
+  bluezone-gateway doctor --config gw.toml --json | jq '.[] | select(.level != "OK")'""",
+    )
+    p.add_argument("--config", type=Path, help="TOML configuration (default: defaults)")
+    p.add_argument("--json", action="store_true", help="a JSON array of the checks")
+    p.set_defaults(func=_cmd_doctor)
 
     p = command(
         "decode",
@@ -424,6 +435,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
         ]
         sys.stdout.write(tabulate(rows, tablefmt="plain") + "\n")
     return EXIT_OK
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    checks = asyncio.run(doctor.examine(args.config))
+    if args.json:
+        sys.stdout.write(orjson.dumps([c.as_dict() for c in checks]).decode() + "\n")
+    else:
+        rows = [[c.name, c.level.value, c.detail, c.hint] for c in checks]
+        sys.stdout.write(
+            tabulate(
+                rows, headers=["check", "", "found", "hint"], maxcolwidths=[None, None, 50, 40]
+            )
+            + "\n"
+        )
+    return doctor.exit_code(checks)
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:

@@ -243,6 +243,24 @@ class Publisher:
                     await lost.wait()
         self._teardown()
 
+    async def probe(self) -> None:
+        """Connect once with the configured credentials and TLS, then disconnect cleanly.
+
+        For ``doctor``: nothing is published, and a clean DISCONNECT keeps the will unsent.
+
+        Raises:
+            SyncError, OSError, TimeoutError: what `run` would log and retry.
+        """
+        await self._connect()
+        client, lost = self._client, self._lost
+        if client is not None and lost is not None:
+            self._closing = True
+            client.disconnect()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(OFFLINE_WAIT_S):
+                    await lost.wait()
+        self._teardown()
+
     async def _connect(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()

@@ -26,7 +26,7 @@ import orjson
 from tabulate import tabulate
 from tqdm import tqdm
 
-from gateway import __version__, capture, config, doctor, rolling, scoring
+from gateway import __version__, capture, config, doctor, provision, rolling, scoring
 from gateway.daemon import AdvertSource, Daemon, simulated, wall_time
 from gateway.decode import decode_advert
 from gateway.model import Advert, EventType, GatewayError, PresenceEvent, iso_utc, parse_iso_utc
@@ -180,6 +180,26 @@ run 'bluezone-gateway COMMAND --help' for each command's options and examples.""
     p.add_argument("--config", type=Path, help="TOML configuration (default: defaults)")
     p.add_argument("--json", action="store_true", help="a JSON array of the checks")
     p.set_defaults(func=_cmd_doctor)
+
+    p = command(
+        "provision",
+        "Mint credentials and a config for gateways, plus the broker's password-file lines.",
+        """\
+  bluezone-gateway provision --site hanoi-hq --gateway gw-001 --broker mqtts://mqtt.example.vn \\
+      --ca site-ca.crt --out fleet/
+  bluezone-gateway provision --site hanoi-hq --gateway gw-001 --gateway gw-002 --gateway gw-003 \\
+      --broker mqtts://mqtt.example.vn:8883 --out fleet/
+then: append fleet/mosquitto-passwd to the broker's password_file; copy fleet/<id>/ to
+/etc/bluezone/ on each gateway (deploy/ansible does both).""",
+    )
+    p.add_argument("--site", required=True, help="the site (office or entrance) id")
+    p.add_argument(
+        "--gateway", required=True, action="append", help="a gateway id (repeat for several)"
+    )
+    p.add_argument("--broker", required=True, help="mqtts://host[:port] (or mqtt://)")
+    p.add_argument("--ca", type=Path, help="the CA certificate that signed the broker's")
+    p.add_argument("--out", type=Path, required=True, help="directory to write into")
+    p.set_defaults(func=_cmd_provision)
 
     p = command(
         "decode",
@@ -450,6 +470,34 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
             + "\n"
         )
     return doctor.exit_code(checks)
+
+
+def _cmd_provision(args: argparse.Namespace) -> int:
+    try:
+        broker = provision.Broker.parse(args.broker)
+        if args.ca is not None and not args.ca.is_file():
+            msg = f"--ca {args.ca} is not a file"
+            raise UsageError(msg)
+        lines = []
+        for gateway in tqdm(
+            args.gateway,
+            unit=" gateways",
+            disable=None,
+            file=sys.stderr,
+            desc="provision",
+            leave=False,
+        ):
+            lines.append(provision.provision(args.site, gateway, broker, args.out, args.ca))
+    except provision.ProvisionError as e:
+        raise UsageError(str(e)) from None
+    with (args.out / "mosquitto-passwd").open("a") as passwd:
+        passwd.write("".join(line + "\n" for line in lines))
+    _say(
+        "provision",
+        f"{len(lines)} gateway(s) in {args.out}; append {args.out}/mosquitto-passwd"
+        " to the broker's password_file and reload it (SIGHUP)",
+    )
+    return EXIT_OK
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:

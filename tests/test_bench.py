@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gateway import bench
 
 
@@ -18,23 +20,17 @@ def test_bench_smoke(tmp_path, capsys):
     assert '"replay_adverts_per_s"' in capsys.readouterr().out
 
 
-def test_scanner_bench_smoke(tmp_path):
+@pytest.mark.parametrize(
+    ("script", "size", "key"),
+    [("scanner.py", ["--adverts", "300"], "into_callback_per_s"),
+     ("sync.py", ["--events", "400"], "gateway_drain_per_s")],
+)  # fmt: skip
+def test_bench_script_smoke(tmp_path, script, size, key):
     out = tmp_path / "benchmarks.md"
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run(
-        [sys.executable, str(root / "bench" / "scanner.py"), "--adverts", "300", "--runs", "1",
-         "--write", str(out)], capture_output=True, text=True, check=True, timeout=120,
+        [sys.executable, str(root / "bench" / script), *size, "--runs", "1", "--write", str(out)],
+        capture_output=True, text=True, check=True, timeout=120,
     )  # fmt: skip
-    assert json.loads(result.stdout)["into_callback_per_s"] > 0
-    assert "<!-- bench:scanner -->" in out.read_text()
-
-
-def test_sync_bench_smoke(tmp_path):
-    out = tmp_path / "benchmarks.md"
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run(
-        [sys.executable, str(root / "bench" / "sync.py"), "--events", "400", "--runs", "1",
-         "--write", str(out)], capture_output=True, text=True, check=True, timeout=120,
-    )  # fmt: skip
-    assert json.loads(result.stdout)["gateway_drain_per_s"] > 0
-    assert "<!-- bench:sync -->" in out.read_text()
+    assert json.loads(result.stdout)[key] > 0
+    assert f"<!-- bench:{script.removesuffix('.py')} -->" in out.read_text()

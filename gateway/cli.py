@@ -189,8 +189,8 @@ run 'bluezone-gateway COMMAND --help' for each command's options and examples.""
       --ca site-ca.crt --out fleet/
   bluezone-gateway provision --site hanoi-hq --gateway gw-001 --gateway gw-002 --gateway gw-003 \\
       --broker mqtts://mqtt.example.vn:8883 --out fleet/
-then: append fleet/mosquitto-passwd to the broker's password_file; copy fleet/<id>/ to
-/etc/bluezone/ on each gateway (deploy/ansible does both).""",
+then: append fleet/mosquitto-passwd to the broker's password_file and reload mosquitto;
+deploy/ansible copies fleet/<id>/ to /etc/bluezone/ on each gateway (deploy/README.md).""",
     )
     p.add_argument("--site", required=True, help="the site (office or entrance) id")
     p.add_argument(

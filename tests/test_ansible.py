@@ -1,0 +1,139 @@
+"""deploy/ansible: syntax check, then a real run against a throwaway root, twice.
+
+Needs ansible-core (the test extra) in this venv: without it the tests fail with an install
+hint, never skip. The run uses the local
+connection, bluezone_root=<tmp>, no package install and no service management, so it
+touches nothing outside tmp_path (ANSIBLE_HOME and the temp dirs point there too).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+ANSIBLE = DEPLOY / "ansible"
+PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+GATEWAY = "gw-test-01"
+SITE = "test-site"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "ansible-home"
+    cfg = tmp_path / "ansible.cfg"
+    cfg.write_text("[defaults]\nretry_files_enabled = False\nfact_caching = memory\n")
+    return {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(cfg),
+        "ANSIBLE_HOME": str(home),
+        "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+        "ANSIBLE_REMOTE_TEMP": str(home / "remote-tmp"),
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_GATHERING": "explicit",
+    }
+
+
+def playbook(env: dict[str, str], inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    if not PLAYBOOK.exists():
+        pytest.fail(f"{PLAYBOOK} missing: pip install -e '.[test]' (ansible-core)", pytrace=False)
+    proc = subprocess.run(
+        [str(PLAYBOOK), "-i", str(inventory), str(ANSIBLE / "site.yml"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def recap(stdout: str) -> dict[str, int]:
+    match = re.search(rf"^{re.escape(GATEWAY)}\s*:\s*(.*)$", stdout, re.MULTILINE)
+    assert match, stdout
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match[1])}
+
+
+def test_syntax_check(env: dict[str, str]) -> None:
+    proc = playbook(env, ANSIBLE / "inventory.example.ini", "--syntax-check")
+    assert "site.yml" in proc.stdout
+
+
+def test_run_against_throwaway_root_is_idempotent(tmp_path: Path, env: dict[str, str]) -> None:
+    fleet = tmp_path / "fleet"
+    ca = tmp_path / "site-ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nnot a real one\n-----END CERTIFICATE-----\n")
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "gateway", "provision", "--site", SITE, "--gateway", GATEWAY),
+            *("--broker", "mqtts://mqtt.example.test", "--ca", str(ca), "--out", str(fleet)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    root = tmp_path / "root"
+    root.mkdir()
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(
+        f"[gateways]\n{GATEWAY} ansible_connection=local ansible_become=false"
+        f" gateway_id={GATEWAY} site={SITE}\n"
+    )
+    # key=value strings, as typed on a command line: the role must apply `| bool`.
+    extra = [
+        *("-e", f"bluezone_root={root}/"),
+        *("-e", f"bluezone_provisioned_dir={fleet}"),
+        *("-e", "bluezone_install_package=false"),
+        *("-e", "bluezone_manage_services=false"),
+    ]
+    if os.geteuid() != 0:  # unprivileged: cannot chown to root
+        import grp
+        import pwd
+
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        group = grp.getgrgid(os.getegid()).gr_name
+        extra += ["-e", f"bluezone_file_owner={user} bluezone_file_group={group}"]
+
+    first = recap(playbook(env, inventory, *extra).stdout)
+    assert first["failed"] == 0
+    assert first["changed"] >= 5, first
+
+    etc = root / "etc"
+    expected = {
+        etc / "bluezone" / "gateway.toml": ((fleet / GATEWAY / "gateway.toml").read_bytes(), 0o644),
+        etc / "bluezone" / "mqtt-password": (
+            (fleet / GATEWAY / "mqtt-password").read_bytes(),
+            0o640,
+        ),
+        etc / "bluezone" / "ca.crt": (ca.read_bytes(), 0o644),
+        etc / "systemd" / "system" / "bluezone-gateway.service": (
+            (DEPLOY / "bluezone-gateway.service").read_bytes(),
+            0o644,
+        ),
+        etc / "sysusers.d" / "bluezone-gateway.conf": (
+            (DEPLOY / "sysusers.d" / "bluezone-gateway.conf").read_bytes(),
+            0o644,
+        ),
+    }
+    for path, (content, mode) in expected.items():
+        assert path.read_bytes() == content, path
+        st = path.stat()
+        assert stat.S_IMODE(st.st_mode) == mode, (path, oct(st.st_mode))
+        assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()), path
+    assert f'id = "{GATEWAY}"' in (etc / "bluezone" / "gateway.toml").read_text()
+    assert stat.S_IMODE((etc / "bluezone").stat().st_mode) == 0o755
+    assert not (root / "opt").exists()  # bluezone_install_package=false
+
+    second = recap(playbook(env, inventory, *extra).stdout)
+    assert second["changed"] == 0, second
+    assert second["failed"] == 0

@@ -460,6 +460,13 @@ def _log_events(_decided: list[PresenceEvent], stored: list[dict[str, Any]]) -> 
             event["rssi_max"],
             event["sightings"],
             f", {event['dwell_s']} s inside" if event["dwell_s"] is not None else "",
+            # Journal fields under systemd (upper case, or journald drops them):
+            # `journalctl EVENT_ID=…` or `journalctl ROLLING_ID=…` finds an event's line.
+            extra={
+                "EVENT_ID": event["id"],
+                "EVENT_SEQ": event["seq"],
+                "ROLLING_ID": event["rolling_id"] or "",
+            },
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -32,7 +33,8 @@ def make_config(tmp_path: Path, **presence: float) -> config.Config:
     return config.parse("\n".join(lines))
 
 
-async def test_scripted_phone_gives_entry_then_exit_and_clean_stop(tmp_path):
+async def test_scripted_phone_gives_entry_then_exit_and_clean_stop(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="gateway")
     cfg = make_config(tmp_path, exit_timeout_s=1.0)
     heard = asyncio.Event()
 
@@ -62,6 +64,10 @@ async def test_scripted_phone_gives_entry_then_exit_and_clean_stop(tmp_path):
     assert [e["rolling_id"] for e in events] == [ROLLING_ID, ROLLING_ID]
     assert events[1]["entry_id"] == events[0]["id"]
     assert {e["gateway"] for e in events} == {"gw-test"}
+    # Each event's log line carries its id as a structured field (a journald field).
+    logged = [r for r in caplog.records if getattr(r, "EVENT_ID", None)]
+    assert [r.EVENT_ID for r in logged] == [e["id"] for e in events]
+    assert {r.ROLLING_ID for r in logged} == {ROLLING_ID}
 
 
 async def test_stop_closes_open_visits(tmp_path):

@@ -906,6 +906,33 @@ def connect_result(
     return waiter.connack
 
 
+def _open_publisher(
+    broker: Broker,
+    user: str | None,
+    prefix: str,
+    listener: Listener,
+    cert: tuple[Path, Path] | None,
+    timeout: float,
+) -> tuple[mqtt.Client, _Waiter]:
+    """A clean, driven-by-hand connection for publishing; raises if the CONNACK refused it."""
+    client, waiter = _open(
+        broker,
+        user,
+        password=None,
+        client_id=f"{prefix}-{user or 'cert'}-{secrets.token_hex(4)}",
+        listener=listener,
+        cert=cert,
+        clean_start=True,
+        session_expiry=0,
+        timeout=timeout,
+    )
+    assert waiter.connack is not None
+    if waiter.connack.is_failure:
+        _close(client)
+        raise ConnectionRefusedError(f"CONNACK {waiter.connack.value} {waiter.connack}")
+    return client, waiter
+
+
 def publish_once(
     broker: Broker,
     user: str | None,
@@ -930,21 +957,8 @@ def publish_once(
         NoConnackError: no CONNACK; `MqttTimeoutError`: no acknowledgement in time;
         `ConnectionRefusedError`: the CONNACK was a failure (its reason code in the message).
     """
-    client, waiter = _open(
-        broker,
-        user,
-        password=None,
-        client_id=f"pub-{user or 'cert'}-{secrets.token_hex(4)}",
-        listener=listener,
-        cert=cert,
-        clean_start=True,
-        session_expiry=0,
-        timeout=timeout,
-    )
+    client, waiter = _open_publisher(broker, user, "pub", listener, cert, timeout)
     try:
-        assert waiter.connack is not None
-        if waiter.connack.is_failure:
-            raise ConnectionRefusedError(f"CONNACK {waiter.connack.value} {waiter.connack}")
         info = client.publish(topic, payload, qos=qos, retain=retain)
         if not _wait(client, waiter, lambda: info.mid in waiter.acks, timeout, threaded=False):
             raise MqttTimeoutError(f"no acknowledgement for {topic!r} within {timeout} s")
@@ -972,21 +986,8 @@ def publish_many(
             acknowledged. `MqttTimeoutError`, `NoConnackError`, `ConnectionRefusedError`: as
             for `publish_once`.
     """
-    client, waiter = _open(
-        broker,
-        user,
-        password=None,
-        client_id=f"bulk-{user or 'cert'}-{secrets.token_hex(4)}",
-        listener=listener,
-        cert=cert,
-        clean_start=True,
-        session_expiry=0,
-        timeout=timeout,
-    )
+    client, waiter = _open_publisher(broker, user, "bulk", listener, cert, timeout)
     try:
-        assert waiter.connack is not None
-        if waiter.connack.is_failure:
-            raise ConnectionRefusedError(f"CONNACK {waiter.connack.value} {waiter.connack}")
         mids = [client.publish(topic, payload, qos=qos).mid for topic, payload in messages]
         if not _wait(
             client, waiter, lambda: all(m in waiter.acks for m in mids), timeout, threaded=False

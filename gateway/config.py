@@ -48,6 +48,16 @@ class GatewaySection:
     site: str = "default"
     """The office or entrance this gateway belongs to."""
     data_dir: Path = field(default_factory=default_data_dir)
+    clock_check: str = "kernel"
+    """How to tell that the wall clock is right: ``kernel`` (adjtimex, what ``timedatectl``
+    shows), ``trust`` (an RTC or GPS keeps it right from boot), or the path of a file whose
+    existence means synchronised (``/run/systemd/timesync/synchronized``)."""
+
+    def __post_init__(self) -> None:
+        """Check ``clock_check``."""
+        if self.clock_check not in ("kernel", "trust") and not self.clock_check.startswith("/"):
+            msg = f"clock_check must be kernel, trust or an absolute path: {self.clock_check!r}"
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +140,93 @@ class ScannerSection:
         return self.adapters or (self.adapter,)
 
 
+@dataclass(frozen=True, slots=True)
+class WebSection:
+    """``[web]``: the security desk's live page, its JSON API and Prometheus ``/metrics``."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:8080"
+    """``host:port`` to serve on. Loopback by default (the desk's own screen); any other
+    address requires ``token_file``."""
+    token_file: Path | None = None
+    """A file holding the access token; required unless ``listen`` is on loopback."""
+    language: Literal["vi", "en"] = "vi"
+    """The page's language until the desk switches it (Vietnamese by default)."""
+    checkin_hold_s: float = 5.0
+    """How long the check-in panel stays green before it returns to neutral."""
+
+    def __post_init__(self) -> None:
+        """Check ``listen``."""
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            msg = f"listen must be host:port, got {self.listen!r}"
+            raise ValueError(msg)
+        if not self.checkin_hold_s > 0:
+            msg = "checkin_hold_s must be > 0"
+            raise ValueError(msg)
+
+    @property
+    def host(self) -> str:
+        """Return the address to bind (brackets of an IPv6 literal removed)."""
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        """Return the port to bind."""
+        return int(self.listen.rpartition(":")[2])
+
+    def token(self) -> str | None:
+        """Read the token file (None without one).
+
+        Raises:
+            ConfigError: the file cannot be read or is empty.
+        """
+        if self.token_file is None:
+            return None
+        try:
+            token = self.token_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            msg = f"[web] token_file {self.token_file}: {e.strerror}"
+            raise ConfigError(msg) from None
+        if not token:
+            msg = f"[web] token_file {self.token_file} is empty"
+            raise ConfigError(msg)
+        return token
+
+
+@dataclass(frozen=True, slots=True)
+class IndicatorSection:
+    """``[indicator]``: optional LEDs and a buzzer on the Pi's GPIO (gpiozero pin names).
+
+    No pin set means no indicator. Pins are gpiozero names: ``GPIO17``, ``BOARD11``, ``17``.
+    """
+
+    green_pin: str | None = None
+    """Lights on a check-in (a Bluezone phone held to the gateway)."""
+    buzzer_pin: str | None = None
+    """Beeps on a check-in."""
+    red_pin: str | None = None
+    """Lights while a scanner is stalled or the outbox is older than ``outbox_alarm_s``."""
+    checkin_s: float = 3.0
+    """How long the green LED stays on after a check-in."""
+    beep_s: float = 0.2
+    """How long the buzzer sounds for a check-in."""
+    outbox_alarm_s: float = 900.0
+    """Red when the oldest event not yet acknowledged by the broker is older than this."""
+
+    def __post_init__(self) -> None:
+        """Check durations."""
+        for name in ("checkin_s", "beep_s", "outbox_alarm_s"):
+            if not getattr(self, name) > 0:
+                msg = f"{name} must be > 0"
+                raise ValueError(msg)
+
+    @property
+    def enabled(self) -> bool:
+        """Return whether any pin is set."""
+        return any((self.green_pin, self.buzzer_pin, self.red_pin))
+
+
 TOPIC_LEVELS_RE: Final = re.compile(r"^[^#+/\x00]+(/[^#+/\x00]+)*$")
 
 
@@ -209,6 +306,8 @@ class Config:
     presence: PresencePolicy = field(default_factory=PresencePolicy)
     scanner: ScannerSection = field(default_factory=ScannerSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
+    web: WebSection = field(default_factory=WebSection)
+    indicator: IndicatorSection = field(default_factory=IndicatorSection)
     source: Path | None = None
     """The file it was read from, if any."""
 
@@ -224,6 +323,8 @@ _SECTIONS: Final[dict[str, type]] = {
     "presence": PresencePolicy,
     "scanner": ScannerSection,
     "mqtt": MqttSection,
+    "web": WebSection,
+    "indicator": IndicatorSection,
 }
 
 
@@ -311,6 +412,7 @@ _FIELD_TYPES: Final[dict[tuple[str, str], Any]] = {
     ("gateway", "id"): "name",
     ("gateway", "site"): "name",
     ("gateway", "data_dir"): Path,
+    ("gateway", "clock_check"): "text",
     ("store", "path"): Path,
     ("store", "synchronous"): ("full", "normal"),
     ("presence", "checkin_samples"): int,
@@ -332,6 +434,13 @@ _FIELD_TYPES: Final[dict[tuple[str, str], Any]] = {
     ("mqtt", "protocol"): ("5", "3.1.1"),
     ("mqtt", "keepalive_s"): int,
     ("mqtt", "inflight"): int,
+    ("web", "enabled"): bool,
+    ("web", "listen"): "text",
+    ("web", "token_file"): Path,
+    ("web", "language"): ("vi", "en"),
+    ("indicator", "green_pin"): "text",
+    ("indicator", "buzzer_pin"): "text",
+    ("indicator", "red_pin"): "text",
 }
 ADAPTER_RE: Final = re.compile(r"^(hci\d{1,3}|([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2})$")
 

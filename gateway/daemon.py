@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import IO, Any, Final
 
 from gateway import __version__, capture
-from gateway.clock import clock_synced
+from gateway.clock import boot_id, clock_check
 from gateway.config import Config, ConfigError
 from gateway.config import load as load_config
 from gateway.model import Advert, CheckIn, GatewayError, PresenceEvent, iso_utc, parse_iso_utc
@@ -29,6 +29,7 @@ from gateway.simulate import Scenario, Simulation
 from gateway.store import EventStore, StoreError
 from gateway.sync import Publisher
 from gateway.systemd import Notifier
+from gateway.web import Feeds, WebError, WebView
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -86,8 +87,11 @@ class Daemon:
         capture_to: IO[bytes] | None = None,
         gatt: GattReader | None = None,
         scanners: list[AdapterScanner] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self._wall_clock = wall_clock
+        """The system clock (a test may pass one that NTP "steps")."""
         self._source = source
         self._capture_to = capture_to
         """Where to record every advert heard, in the capture format (``run --capture``)."""
@@ -108,6 +112,9 @@ class Daemon:
         self._consumed = 0
         self._queue: asyncio.Queue[Advert] | None = None
         self._store_ok = True
+        self._clock_synced = clock_check(config.gateway.clock_check)
+        self.web: WebView | None = None
+        """The desk's page, while it serves."""
 
     def stop(self) -> None:
         """Ask the daemon to finish: close open visits, commit, say offline, return."""
@@ -150,6 +157,8 @@ class Daemon:
     async def run(self) -> int:
         """Run until stopped; return the process exit code."""
         cfg = self.config
+        # Before anything is opened: an unreadable token file is a configuration error.
+        web_token = cfg.web.token() if cfg.web.enabled else None
         store = EventStore.open(
             cfg.db_path,
             gateway=cfg.gateway.id,
@@ -157,17 +166,18 @@ class Daemon:
             synchronous=cfg.store.synchronous,
             commit_interval_s=cfg.store.commit_interval_s,
             retention_days=cfg.store.retention_days,
+            boot_id=boot_id(),
         )
-        self._synced = clock_synced()
+        self._synced = self._clock_synced()
         self._disk_free_mb = round(shutil.disk_usage(cfg.db_path.parent).free / 2**20, 1)
         try:
             pipeline = Pipeline(
                 PresenceTracker(cfg.presence, roles=cfg.scanner.role_of()),
                 store,
-                wall=wall_time,
+                wall=self._wall_time,
                 clock_synced=lambda: self._synced,
-                on_events=_log_events,
-                on_checkin=_log_checkin,
+                on_events=self._on_events,
+                on_checkin=self._on_checkin,
                 ids=self._gatt.ids if self._gatt else None,
                 on_unresolved=self._gatt.want if self._gatt else None,
                 tap=self._record if self._capture_to else None,
@@ -184,6 +194,8 @@ class Daemon:
                 cfg.db_path,
                 f", syncing to {cfg.mqtt.host}" if cfg.mqtt.enabled else "",
             )
+            if cfg.web.enabled:
+                self.web = self._web_view(pipeline, web_token)
             return await self._serve(pipeline)
         finally:
             store.close()
@@ -197,6 +209,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._pipeline = pipeline
         failed = False
+        web = await self._start_web()
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
@@ -206,6 +219,8 @@ class Daemon:
                 ]
                 if self._gatt is not None:
                     tasks.append(group.create_task(self._gatt.run(), name="gatt"))
+                if web is not None:
+                    tasks.append(group.create_task(web.run(), name="web"))
                 tasks.append(group.create_task(self._announce_ready(pipeline), name="ready"))
                 sync = None
                 if self.publisher is not None:
@@ -223,8 +238,50 @@ class Daemon:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if web is not None:
+                await web.stop()
         _LOGGER.info("Stopped: %s", _summary(pipeline, self.dropped))
         return 1 if failed else 0
+
+    def _web_view(self, pipeline: Pipeline, token: str | None) -> WebView:
+        """Return the desk's page over this pipeline, fed by its hooks (`_serve` starts it)."""
+        feeds = Feeds(
+            health=lambda: self.health(pipeline),
+            occupants=pipeline.tracker.occupants,
+            counters=pipeline.counters,
+            wall=self._wall_time,
+            alive=lambda: self._store_ok and not self._stop.is_set(),
+            broker=lambda: None if self.publisher is None else self.publisher.connected,
+        )
+        view = WebView(
+            self.config, pipeline.store, feeds, token=token, reads_ids=self._gatt is not None,
+            clock=self._wall_clock,
+        )  # fmt: skip
+        pipeline.store.on_commit = view.on_commit
+        if self._gatt is not None:
+            self._gatt.on_read = view.on_read
+        return view
+
+    async def _start_web(self) -> WebView | None:
+        """Start the desk's page. Scanning and storing matter more: without it, go on."""
+        if self.web is None:
+            return None
+        try:
+            await self.web.start()
+        except (WebError, StoreError) as e:
+            _LOGGER.error("No desk view: %s (the gateway runs on without it)", e)  # noqa: TRY400
+            self.web = None
+        return self.web
+
+    def _on_events(self, decided: list[PresenceEvent], stored: list[dict[str, Any]]) -> None:
+        _log_events(decided, stored)
+        if self.web is not None:
+            self.web.on_events(stored)
+
+    def _on_checkin(self, checkin: CheckIn) -> None:
+        _log_checkin(checkin)
+        if self.web is not None:
+            self.web.on_checkin(checkin)
 
     async def _announce_ready(self, pipeline: Pipeline) -> None:
         """READY=1 once the scanners scan (at once for the simulator): systemd's start waits."""
@@ -313,7 +370,7 @@ class Daemon:
 
     def _record(self, advert: Advert) -> None:
         if self._capture_to is not None:
-            self._capture_to.write(capture.dumps(advert._replace(t=wall_time(advert.t))))
+            self._capture_to.write(capture.dumps(advert._replace(t=self._wall_time(advert.t))))
 
     async def _produce(self, queue: asyncio.Queue[Advert]) -> None:
         def emit(advert: Advert) -> None:
@@ -395,14 +452,15 @@ class Daemon:
                     last_prune = now
                     # Without a broker nothing is ever marked synced: then retention applies
                     # to every event; with one, unsynced events wait for it.
-                    pipeline.store.prune(time.time(), include_unsynced=not self.config.mqtt.enabled)
+                    unsynced_too = not self.config.mqtt.enabled
+                    pipeline.store.prune(self._wall_clock(), include_unsynced=unsynced_too)
             except StoreError as e:
                 self.errors += 1
                 self._store_ok = False
                 _LOGGER.error("%s", e)  # noqa: TRY400 - the message says it all
             if now - last_clock >= CLOCK_CHECK_EVERY_S:
                 last_clock = now
-                self._synced = clock_synced()
+                self._check_clock(pipeline.store)
             if now - last_rate >= RATE_WINDOW_S:
                 self._rate = (pipeline.counters.adverts - rate_adverts) / (now - last_rate)
                 last_rate, rate_adverts = now, pipeline.counters.adverts
@@ -416,6 +474,31 @@ class Daemon:
                     _summary(pipeline, self.dropped),
                 )
 
+    def _wall_time(self, at: float) -> float:
+        """Convert the monotonic clock to wall time, with the offset of the moment."""
+        return at + (self._wall_clock() - time.monotonic())
+
+    def _check_clock(self, store: EventStore) -> None:
+        """Follow the clock's state; once it is synchronised, restamp what was stamped before."""
+        was, self._synced = self._synced, self._clock_synced()
+        if self._synced == was:
+            return
+        if not self._synced:
+            _LOGGER.warning(
+                "The clock is no longer synchronised: new events say clock_synced=false"
+            )
+            return
+        _LOGGER.info("The clock is synchronised")
+        try:
+            seqs = store.correct_clock(self._wall_clock() - time.monotonic())
+        except StoreError as e:
+            self.errors += 1
+            self._synced = False  # try again at the next check
+            _LOGGER.error("%s", e)  # noqa: TRY400 - the message says it all
+            return
+        if seqs and self.publisher is not None:
+            self.publisher.restamped(seqs)
+
     def _mind_the_disk(self, store: EventStore) -> None:
         """Keep ``min_free_mb`` free: oldest unsynced events go only when nothing else can."""
         path = self.config.db_path.parent
@@ -424,7 +507,7 @@ class Daemon:
         if free_mb >= self.config.store.min_free_mb:
             return
         if self._synced:
-            store.prune(time.time(), include_unsynced=False)
+            store.prune(self._wall_clock(), include_unsynced=False)
         store.drop_oldest_unsynced(DROP_BATCH)
 
 

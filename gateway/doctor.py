@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from gateway import config
 from gateway.adapter import AdapterCare, AdapterError
-from gateway.clock import clock_synced
+from gateway.clock import clock_check
 from gateway.store import EventStore, StoreError
 from gateway.sync import Publisher, SyncError
 
@@ -72,7 +72,7 @@ async def examine(config_path: Path | None) -> list[Check]:
     checks += _data_dir(cfg)
     checks += await _bluez(cfg)
     checks.append(await _broker(cfg))
-    checks.append(_clock())
+    checks.append(_clock(cfg.gateway.clock_check))
     checks.append(_watchdog())
     return checks
 
@@ -227,13 +227,15 @@ async def _probe(cfg: config.Config, scratch_db: Path) -> None:
             await publisher.probe()
 
 
-def _clock() -> Check:
-    if clock_synced():
-        return Check("clock", Level.OK, "synchronised")
+def _clock(setting: str) -> Check:
+    source = {"kernel": "the kernel's NTP state", "trust": "trusted"}.get(setting, setting)
+    if clock_check(setting)():
+        return Check("clock", Level.OK, f"synchronised ({source})")
     return Check(
         "clock",
         Level.WARN,
-        "not synchronised: events say clock_synced=false and retention waits",
+        f"not synchronised ({source}): events say clock_synced=false until it is, then are"
+        " restamped; retention waits",
         "check `timedatectl` and that NTP can reach a server",
     )
 

@@ -16,7 +16,7 @@ from typing import Any, Final, Literal, Self
 
 from sqlite_utils import Database, Migrations
 
-from gateway.model import EventType, GatewayError, PresenceEvent, iso_utc
+from gateway.model import EventType, GatewayError, PresenceEvent, iso_utc, parse_iso_utc
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -59,8 +59,10 @@ CREATE TABLE outbox (
     seq INTEGER PRIMARY KEY REFERENCES events (seq) ON DELETE CASCADE
 ) STRICT;
 """
+_STORED_ONLY: Final = ("ts_unix", "boot_id", "clock_offset")
+"""Columns kept beside the contract's fields: a sortable time, and what a clock correction needs."""
 _INSERT_SQL: Final = "INSERT INTO events ({}) VALUES ({})".format(  # noqa: S608 - constants only
-    ", ".join((*EVENT_FIELDS, "ts_unix")), ", ".join("?" * (len(EVENT_FIELDS) + 1))
+    ", ".join((*EVENT_FIELDS, *_STORED_ONLY)), ", ".join("?" * (len(EVENT_FIELDS) + 3))
 )
 _BUSY_TIMEOUT_MS: Final = 5000  # wait out another connection's brief lock (recovery, checkpoint)
 _JOURNAL_SIZE_LIMIT_BYTES: Final = 16 * 1024 * 1024  # caps the -wal file left after a checkpoint
@@ -95,6 +97,18 @@ def m003_state(db: Database) -> None:
     db.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT")
 
 
+@_MIGRATIONS()
+def m004_clock_offset(db: Database) -> None:
+    """Keep the boot and clock offset of events stamped before the clock was synchronised.
+
+    The offset is the wall clock minus the monotonic clock when they were stamped: with it,
+    `EventStore.correct_clock` can restamp them once the right time is known.
+    """
+    db.execute("ALTER TABLE events ADD COLUMN boot_id TEXT")
+    db.execute("ALTER TABLE events ADD COLUMN clock_offset REAL")
+    db.execute("CREATE INDEX events_unsynced_clock ON events (boot_id) WHERE clock_synced = 0")
+
+
 class StoreError(GatewayError):
     """The event store cannot be opened or written."""
 
@@ -117,8 +131,12 @@ class EventStore:
         commit_interval_s: float,
         retention_days: float,
         lock_fd: int | None,
+        boot_id: str | None = None,
     ) -> None:
         self._db = db
+        self._boot_id = boot_id
+        self.on_commit: Callable[[float, int], None] | None = None
+        """Called after each commit with its duration (s) and row count (store latency)."""
         self._path = path
         self._gateway = gateway
         self._site = site
@@ -142,8 +160,13 @@ class EventStore:
         commit_interval_s: float = 1.0,
         retention_days: float = 21.0,
         readonly: bool = False,
+        boot_id: str | None = None,
     ) -> EventStore:
         """Open (and on a writable open create or migrate) the store at ``path``.
+
+        ``boot_id`` names this boot of the machine (``/proc/sys/kernel/random/boot_id``): it is
+        kept with events stamped before the clock was synchronised, because their monotonic
+        times can be restamped (`correct_clock`) only within the boot that measured them.
 
         Raises:
             StoreError: another process holds the store, or the file is not a usable store.
@@ -171,6 +194,7 @@ class EventStore:
                     commit_interval_s=commit_interval_s,
                     retention_days=retention_days,
                     lock_fd=lock_fd,
+                    boot_id=boot_id,
                 )
             except sqlite3.Error as e:
                 msg = f"{path} is not a usable event store: {e}"
@@ -234,7 +258,8 @@ class EventStore:
             }
             if ev.type is EventType.ENTRY:
                 self._open_visits[ev.visit] = (event["id"], ev.at)
-            self._buffer.append((*event.values(), round(at_unix, 3)))
+            unsynced = None if clock_synced else (self._boot_id, at_unix - ev.at)
+            self._buffer.append((*event.values(), round(at_unix, 3), *(unsynced or (None, None))))
             stamped.append(event)
         if stamped and self._buffer_since is None:
             self._buffer_since = time.monotonic()
@@ -262,6 +287,7 @@ class EventStore:
         if not rows:
             return 0
         self._require_writable()
+        started = time.perf_counter()
         try:
             with self._db.atomic():
                 # executemany, not insert_all(): its per-value JSON check doubled the cost.
@@ -274,7 +300,64 @@ class EventStore:
             raise StoreError(msg) from e
         self._buffer = []
         self._buffer_since = None
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started, len(rows))
         return len(rows)
+
+    def correct_clock(self, offset: float) -> list[int]:
+        """Restamp this boot's events stamped before the clock was synchronised; return seqs.
+
+        ``offset`` is the synchronised wall clock minus the monotonic clock. An event stamped
+        unsynchronised kept the offset it used; its ``ts``, ``first_seen`` and ``last_seen``
+        move by the difference, it becomes ``clock_synced`` and goes back into the outbox, so
+        the broker gets the corrected copy under the same id and seq. ``dwell_s`` was measured
+        on the monotonic clock and stays. Events of earlier boots cannot be corrected: their
+        monotonic clock is gone; they stay ``clock_synced`` false.
+        """
+        self._require_writable()
+        if self._boot_id is None:
+            return []
+        self.flush()
+        rows = self._db.execute(
+            "SELECT seq, ts, first_seen, last_seen, ts_unix, clock_offset FROM events"
+            " WHERE clock_synced = 0 AND boot_id = ? AND clock_offset IS NOT NULL ORDER BY seq",
+            [self._boot_id],
+        ).fetchall()
+        if not rows:
+            return []
+        updates = []
+        for seq, ts, first_seen, last_seen, ts_unix, stamped_offset in rows:
+            delta = offset - stamped_offset
+            updates.append(
+                (
+                    _shifted(ts, delta),
+                    _shifted(first_seen, delta),
+                    _shifted(last_seen, delta),
+                    round(ts_unix + delta, 3),
+                    seq,
+                )
+            )
+        try:
+            with self._db.atomic():
+                self._db.conn.executemany(
+                    "UPDATE events SET ts = ?, first_seen = ?, last_seen = ?, ts_unix = ?,"
+                    " clock_synced = 1, clock_offset = NULL WHERE seq = ?",
+                    updates,
+                )
+                self._db.conn.executemany(
+                    "INSERT OR IGNORE INTO outbox (seq) VALUES (?)", [(u[-1],) for u in updates]
+                )
+        except sqlite3.Error as e:
+            msg = f"could not correct the clock of {len(updates)} events in {self._path}: {e}"
+            raise StoreError(msg) from e
+        deltas = [offset - row[5] for row in rows]
+        _LOGGER.warning(
+            "Clock synchronised: restamped %d events stamped before (moved by %+.1f to %+.1f s)",
+            len(updates),
+            min(deltas),
+            max(deltas),
+        )
+        return [u[-1] for u in updates]
 
     def close(self) -> None:
         """Flush, then close the database and release the writer lock (idempotent)."""
@@ -438,6 +521,10 @@ def _event_from_row(row: dict[str, Any]) -> dict[str, Any]:
     if event["checked_in"] is not None:
         event["checked_in"] = bool(event["checked_in"])
     return event
+
+
+def _shifted(iso: str, delta: float) -> str:
+    return iso_utc(parse_iso_utc(iso) + delta)
 
 
 def _uuid7() -> str:

@@ -24,7 +24,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -242,6 +242,26 @@ class Publisher:
                 async with asyncio.timeout(OFFLINE_WAIT_S):
                     await lost.wait()
         self._teardown()
+
+    def restamped(self, seqs: Iterable[int]) -> None:
+        """Publish these outbox events again: their stored copies changed (clock correction).
+
+        A copy in flight, or acknowledged but not yet marked synced, is the old one: its PUBACK
+        must not take the corrected copy out of the outbox. Events after the first of them that
+        are in flight now go twice (delivery is at-least-once).
+        """
+        changed = set(seqs)
+        if not changed:
+            return
+        for mid, seq in self._inflight.items():
+            if seq in changed:
+                self._inflight[mid] = None
+        self._acks = [seq for seq in self._acks if seq not in changed]
+        if self._ahead:
+            self._cursor = min(self._cursor, self._ahead[0]["seq"] - 1)
+            self._ahead.clear()
+        self._cursor = min(self._cursor, min(changed) - 1)
+        self._wake.set()
 
     async def probe(self) -> None:
         """Connect once with the configured credentials and TLS, then disconnect cleanly.

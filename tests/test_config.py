@@ -147,9 +147,9 @@ ERRORS = [
         id="unknown-key",
     ),
     pytest.param(
-        '[gateway]\nsite = "lobby"\n\n[web]\nlisten = "0.0.0.0"\n',
+        '[gateway]\nsite = "lobby"\n\n[webui]\nlisten = "0.0.0.0"\n',
         ":4:",
-        "[web]",
+        "[webui]",
         id="unknown-section",
     ),
     pytest.param(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -11,10 +12,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from gateway import config
+from gateway import daemon as daemon_module
 from gateway.daemon import Daemon
-from gateway.model import Advert
+from gateway.model import Advert, parse_iso_utc
 from gateway.store import EventStore
 from tests.factories import ROLLING_ID, android_advert
 
@@ -113,3 +118,60 @@ def test_run_simulate_as_a_process_stops_cleanly_on_sigterm(tmp_path):
         assert proc.wait(timeout=20) == 0
     assert "Stopped:" in rest
     assert (tmp_path / "events.db").exists()
+
+
+async def test_events_stamped_before_the_clock_syncs_are_restamped(tmp_path, monkeypatch):
+    """A Pi boots three days behind; NTP steps the clock and says so while a visit is open."""
+    monkeypatch.setattr(daemon_module, "CLOCK_CHECK_EVERY_S", 0.2)
+    synced_flag = tmp_path / "synchronized"  # as systemd-timesyncd's /run/.../synchronized
+    cfg = make_config(tmp_path, exit_timeout_s=1.0)
+    cfg = dataclasses.replace(
+        cfg, gateway=dataclasses.replace(cfg.gateway, clock_check=str(synced_flag))
+    )
+    behind_s = 3 * 86_400.0
+    step = {"s": -behind_s}
+    entered, synced = asyncio.Event(), asyncio.Event()
+
+    async def source(emit: Callable[[Advert], None]) -> None:
+        for n in range(40):
+            emit(android_advert(t=time.monotonic(), rssi=-58))
+            if n == 20:
+                entered.set()
+                await synced.wait()
+            await asyncio.sleep(0.01)
+        await asyncio.Event().wait()
+
+    daemon = Daemon(cfg, source, wall_clock=lambda: time.time() + step["s"])
+    task = asyncio.create_task(daemon.run())
+    await entered.wait()
+    stored: list[dict[str, Any]] = []
+    for _ in range(50):  # the entry is committed with the wrong clock
+        await asyncio.sleep(0.1)
+        with EventStore.open(cfg.db_path, gateway="", site="", readonly=True) as store:
+            stored = list(store.events())
+        if stored:
+            break
+    [entry] = stored
+    assert entry["clock_synced"] is False
+    assert parse_iso_utc(entry["ts"]) == pytest.approx(time.time() - behind_s, abs=5)
+
+    step["s"] = 0.0  # NTP steps the clock ...
+    synced_flag.touch()  # ... and the sync is known
+    synced.set()
+    events: list[dict[str, Any]] = []
+    for _ in range(50):
+        await asyncio.sleep(0.2)
+        with EventStore.open(cfg.db_path, gateway="", site="", readonly=True) as store:
+            events = list(store.events())
+        if len(events) == 2 and events[0]["clock_synced"]:
+            break
+    daemon.stop()
+    assert await task == 0
+    [entry_after, exit_] = events
+    assert entry_after["id"] == entry["id"]
+    assert entry_after["clock_synced"] is True
+    assert exit_["clock_synced"] is True
+    moved = parse_iso_utc(entry_after["ts"]) - parse_iso_utc(entry["ts"])
+    assert moved == pytest.approx(behind_s, abs=0.5)
+    dwell = parse_iso_utc(exit_["ts"]) - parse_iso_utc(entry_after["ts"])
+    assert dwell == pytest.approx(exit_["dwell_s"], abs=0.06)  # dwell_s has 0.1 s steps

@@ -444,3 +444,62 @@ def test_kill_9_never_loses_a_committed_event(db_path: Path) -> None:
         assert {seq: rows[seq] for seq in previous} == previous, round_
         previous = rows
     assert len(previous) >= KILL_ROUNDS * EVENTS_PER_FLUSH
+
+
+def unsynced_wall(t: float) -> float:
+    """A Pi's clock after a power cut: three days behind until NTP answers."""
+    return wall(t) - 3 * DAY_S
+
+
+def test_correct_clock_restamps_this_boots_unsynced_events_and_requeues_them(tmp_path):
+    path = tmp_path / "events.db"
+    with EventStore.open(path, gateway="gw", site="hq", boot_id="boot-a") as store:
+        store.append([presence(visit=1, at=5.0)], wall=unsynced_wall, clock_synced=False)
+    with EventStore.open(path, gateway="gw", site="hq", boot_id="boot-b") as store:
+        store.append(visit_events(2, 100.0, 130.0), wall=unsynced_wall, clock_synced=False)
+        store.flush()
+        store.mark_synced([1, 2, 3])  # all three were published before the clock was right
+        store.append([presence(visit=4, at=200.0)], wall=wall, clock_synced=True)
+        store.flush()
+        before = {e["seq"]: e for e in store.events()}
+
+        assert store.correct_clock(wall(0.0)) == [2, 3]
+
+        after = {e["seq"]: e for e in store.events()}
+        # 2 and 3 are back in the outbox beside 4, which was never sent; 1 is not.
+        assert [e["seq"] for e in store.pending()] == [2, 3, 4]
+        assert store.correct_clock(wall(0.0)) == []  # nothing left to correct
+    for seq in (2, 3):
+        assert after[seq]["clock_synced"] is True
+        assert after[seq]["id"] == before[seq]["id"]
+        for key in ("ts", "first_seen", "last_seen"):
+            moved = parse_iso_utc(after[seq][key]) - parse_iso_utc(before[seq][key])
+            assert moved == pytest.approx(3 * DAY_S, abs=0.002)
+    assert after[3]["ts"] == iso_utc(wall(130.0))
+    assert after[3]["dwell_s"] == before[3]["dwell_s"] == 30.0
+    # Another boot's monotonic clock is gone: its event cannot be corrected and says so.
+    assert after[1] == before[1]
+    assert after[1]["clock_synced"] is False
+    assert after[4] == before[4]
+    # The sortable time moved too: retention and `events --since` see the corrected time.
+    with EventStore.open(path, gateway="", site="", readonly=True) as reader:
+        recent = [e["seq"] for e in reader.events(since=wall(0.0))]
+    assert recent == [2, 3, 4]
+
+
+def test_a_store_without_a_boot_id_corrects_nothing(db_path):
+    with EventStore.open(db_path, gateway="gw", site="hq") as store:
+        store.append([presence()], wall=unsynced_wall, clock_synced=False)
+        assert store.correct_clock(wall(0.0)) == []
+        store.flush()
+        assert [e["clock_synced"] for e in store.events()] == [False]
+
+
+def test_on_commit_reports_each_commits_duration_and_rows(store):
+    commits: list[tuple[float, int]] = []
+    store.on_commit = lambda seconds, rows: commits.append((seconds, rows))
+    store.append(visit_events(1, 1.0, 2.0), wall=wall, clock_synced=True)
+    store.flush()
+    store.flush()  # nothing buffered: no commit, no call
+    assert [rows for _, rows in commits] == [2]
+    assert commits[0][0] > 0

@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 
 from gateway import schemas
 from gateway.config import MqttSection
-from gateway.model import App, EventType, Platform, PresenceEvent
+from gateway.model import App, EventType, Platform, PresenceEvent, iso_utc
 from gateway.store import EventStore
 from gateway.sync import Publisher
 from tests.broker import Broker, Subscriber, publish_once, unique_site
@@ -347,3 +347,48 @@ def test_daemon_syncs_reports_health_and_leaves_a_retained_offline(broker, tmp_p
     assert retained.retain
     assert check("status", retained.payload)["reason"] == "shutdown"
     late.close(keep_session=False)
+
+
+def test_events_restamped_mid_sync_reach_the_broker_corrected_under_the_same_id(broker, tmp_path):
+    """The clock syncs while events stamped before are acknowledged, in flight and waiting."""
+    site = unique_site()
+    sub = Subscriber(broker, "central", [f"bluezone/v1/{site}/gw-001/events"])
+    store = EventStore.open(tmp_path / "e.db", gateway="gw-001", site=site, boot_id="boot")
+    late_s = 3 * 86_400.0  # the clock is three days behind until NTP answers
+    pairs = 3000
+
+    async def scenario() -> tuple[int, int]:
+        publisher = Publisher(
+            settings(broker, tmp_path), store, gateway="gw-001", site=site, boot_time=time.time()
+        )
+        runner = asyncio.create_task(publisher.run())
+        store.append(visits(0, pairs), wall=lambda t: t - late_s, clock_synced=False)
+        store.flush()
+        async with asyncio.timeout(60):
+            while publisher.acked < 2500:  # noqa: ASYNC110 - polled
+                await asyncio.sleep(0.001)
+        acked_at_correction = publisher.acked
+        publisher.restamped(store.correct_clock(0.0))  # what the daemon does on sync
+        async with asyncio.timeout(60):
+            while store.pending(limit=1) or publisher._inflight:  # noqa: ASYNC110 - polled
+                await asyncio.sleep(0.05)
+        await publisher.close()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        return acked_at_correction, publisher.published
+
+    try:
+        acked_at_correction, published = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert 0 < acked_at_correction < 2 * pairs  # the correction came mid-stream
+    # Every copy sent was PUBACKed (nothing was left in flight), so each reaches the subscriber.
+    sub.wait_for(lambda ms: len(ms) >= published, timeout=60)
+    latest: dict[str, dict[str, Any]] = {}
+    for event in events_of(sub):
+        latest[event["id"]] = event  # the copy received last is the one that counts
+    assert len(latest) == 2 * pairs
+    assert all(e["clock_synced"] for e in latest.values())
+    expected = [iso_utc(T0 + n + d) for n in range(pairs) for d in (0, 20)]
+    assert [e["ts"] for e in sorted(latest.values(), key=lambda e: e["seq"])] == expected
+    sub.close(keep_session=False)

@@ -195,3 +195,18 @@ def test_sysusers_creates_the_units_user(tmp_path: Path) -> None:
     unexpected = [line for line in said if not line.startswith(("Creating ", "Would write "))]
     assert unexpected == [], said
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_gpio_drop_in_verifies_and_keeps_the_exposure_low(unit_copy: Path) -> None:
+    # A drop-in's sections merge into the unit's; the same text appended to the unit file is
+    # what systemd reads, and verify and security both speak about every key of it.
+    drop_in = (UNIT.parent / "systemd" / "indicator.conf").read_text()
+    unit_copy.write_text(unit_copy.read_text() + "\n" + drop_in)
+    returncode, ours = verify(unit_copy)
+    assert ours == [], "\n".join(ours)
+    assert returncode == 0
+    result = systemd_tool("systemd-analyze", "security", "--offline=true", "--no-pager", unit_copy)
+    score = EXPOSURE_RE.search(result.stdout)
+    assert score, result.stdout + result.stderr
+    print(f"exposure with the GPIO drop-in {score.group(1)}")
+    assert float(score.group(1)) <= MAX_EXPOSURE

@@ -1,9 +1,10 @@
 """deploy/ansible: syntax check, then a real run against a throwaway root, twice.
 
 Needs ansible-core (the test extra) in this venv: without it the tests fail with an install
-hint, never skip. The run uses the local
-connection, bluezone_root=<tmp>, no package install and no service management, so it
-touches nothing outside tmp_path (ANSIBLE_HOME and the temp dirs point there too).
+hint, never skip. The run uses the local connection, bluezone_root=<tmp> and no service
+management, so it touches nothing outside tmp_path (ANSIBLE_HOME and the temp dirs point
+there too). It installs the package for real: a wheel of this checkout, pip-installed with
+its dependencies into <tmp>/opt/bluezone, the venv the unit runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from gateway import __version__
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -51,7 +54,7 @@ def playbook(env: dict[str, str], inventory: Path, *args: str) -> subprocess.Com
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -82,6 +85,14 @@ def test_run_against_throwaway_root_is_idempotent(tmp_path: Path, env: dict[str,
         capture_output=True,
         timeout=60,
     )
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    [wheel] = wheels.glob("bluezone_gateway-*.whl")
     root = tmp_path / "root"
     root.mkdir()
     inventory = tmp_path / "inventory.ini"
@@ -93,7 +104,8 @@ def test_run_against_throwaway_root_is_idempotent(tmp_path: Path, env: dict[str,
     extra = [
         *("-e", f"bluezone_root={root}/"),
         *("-e", f"bluezone_provisioned_dir={fleet}"),
-        *("-e", "bluezone_install_package=false"),
+        *("-e", f"bluezone_package={wheel}"),
+        *("-e", f"bluezone_python={sys.executable}"),
         *("-e", "bluezone_manage_services=false"),
     ]
     if os.geteuid() != 0:  # unprivileged: cannot chown to root
@@ -132,7 +144,12 @@ def test_run_against_throwaway_root_is_idempotent(tmp_path: Path, env: dict[str,
         assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()), path
     assert f'id = "{GATEWAY}"' in (etc / "bluezone" / "gateway.toml").read_text()
     assert stat.S_IMODE((etc / "bluezone").stat().st_mode) == 0o755
-    assert not (root / "opt").exists()  # bluezone_install_package=false
+    # The unit's ExecStart, in the venv the role made: the installed package runs.
+    installed = root / "opt" / "bluezone" / "bin" / "bluezone-gateway"
+    version = subprocess.run(
+        [installed, "--version"], check=True, capture_output=True, text=True, timeout=60
+    )
+    assert version.stdout.strip().endswith(__version__), version.stdout
 
     second = recap(playbook(env, inventory, *extra).stdout)
     assert second["changed"] == 0, second

@@ -183,14 +183,20 @@ run 'bluezone-gateway COMMAND --help' for each command's options and examples.""
 
     p = command(
         "provision",
-        "Mint credentials and a config for gateways, plus the broker's password-file lines.",
+        "Mint credentials and a config for gateways: passwords or client certificates.",
         """\
   bluezone-gateway provision --site hanoi-hq --gateway gw-001 --broker mqtts://mqtt.example.vn \\
       --ca site-ca.crt --out fleet/
   bluezone-gateway provision --site hanoi-hq --gateway gw-001 --gateway gw-002 --gateway gw-003 \\
       --broker mqtts://mqtt.example.vn:8883 --out fleet/
 then: append fleet/mosquitto-passwd to the broker's password_file and reload mosquitto;
-deploy/ansible copies fleet/<id>/ to /etc/bluezone/ on each gateway (deploy/README.md).""",
+deploy/ansible copies fleet/<id>/ to /etc/bluezone/ on each gateway (deploy/README.md).
+
+with client certificates instead of passwords (port 8884 unless the URL gives one):
+  bluezone-gateway provision --site hanoi-hq --gateway gw-004 --broker mqtts://mqtt.example.vn \\
+      --ca site-ca.crt --client-ca client-ca.crt --client-ca-key client-ca.key \\
+      --client-ca-key-password-file client-ca.pass --days 825 --out fleet/
+then: the broker's certificate listener trusts client-ca.crt (deploy/broker/mosquitto.conf).""",
     )
     p.add_argument("--site", required=True, help="the site (office or entrance) id")
     p.add_argument(
@@ -199,6 +205,27 @@ deploy/ansible copies fleet/<id>/ to /etc/bluezone/ on each gateway (deploy/READ
     p.add_argument("--broker", required=True, help="mqtts://host[:port] (or mqtt://)")
     p.add_argument("--ca", type=Path, help="the CA certificate that signed the broker's")
     p.add_argument("--out", type=Path, required=True, help="directory to write into")
+    certs = p.add_argument_group(
+        "client certificates",
+        "instead of a password, each gateway gets a key and a certificate (CN = its id)\n"
+        "signed by the site's client CA; needs the [provision] extra (cryptography)",
+    )
+    certs.add_argument(
+        "--client-ca", type=Path, metavar="CERT", help="the site CA certificate (PEM)"
+    )
+    certs.add_argument("--client-ca-key", type=Path, metavar="KEY", help="its private key (PEM)")
+    certs.add_argument(
+        "--client-ca-key-password-file",
+        type=Path,
+        metavar="FILE",
+        help="a file whose first line is the key's passphrase (for an encrypted key)",
+    )
+    certs.add_argument(
+        "--days",
+        type=int,
+        metavar="N",
+        help=f"validity of the certificates (default {provision.DEFAULT_CERT_DAYS})",
+    )
     p.set_defaults(func=_cmd_provision)
 
     p = command(
@@ -474,7 +501,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_provision(args: argparse.Namespace) -> int:
     try:
-        broker = provision.Broker.parse(args.broker)
+        client_ca = _client_ca(args)
+        broker = provision.Broker.parse(args.broker, client_cert=client_ca is not None)
         if args.ca is not None and not args.ca.is_file():
             msg = f"--ca {args.ca} is not a file"
             raise UsageError(msg)
@@ -487,9 +515,22 @@ def _cmd_provision(args: argparse.Namespace) -> int:
             desc="provision",
             leave=False,
         ):
-            lines.append(provision.provision(args.site, gateway, broker, args.out, args.ca))
+            if client_ca is None:
+                lines.append(provision.provision(args.site, gateway, broker, args.out, args.ca))
+            else:
+                provision.provision_certificate(
+                    args.site, gateway, broker, args.out, client_ca, args.ca
+                )
     except provision.ProvisionError as e:
         raise UsageError(str(e)) from None
+    if client_ca is not None:
+        _say(
+            "provision",
+            f"{len(args.gateway)} gateway(s) in {args.out} with client certificates from"
+            f" {client_ca.subject}, valid {client_ca.days} days; the broker's certificate"
+            f" listener must trust {args.client_ca} (its cafile)",
+        )
+        return EXIT_OK
     with (args.out / "mosquitto-passwd").open("a") as passwd:
         passwd.write("".join(line + "\n" for line in lines))
     _say(
@@ -498,6 +539,26 @@ def _cmd_provision(args: argparse.Namespace) -> int:
         " to the broker's password_file and reload it (SIGHUP)",
     )
     return EXIT_OK
+
+
+def _client_ca(args: argparse.Namespace) -> provision.ClientCA | None:
+    """The site CA of ``--client-ca``/``--client-ca-key``; None without them (passwords)."""
+    if args.client_ca is None and args.client_ca_key is None:
+        for option, value in (
+            ("--client-ca-key-password-file", args.client_ca_key_password_file),
+            ("--days", args.days),
+        ):
+            if value is not None:
+                msg = f"{option} goes with --client-ca and --client-ca-key"
+                raise UsageError(msg)
+        return None
+    if args.client_ca is None or args.client_ca_key is None:
+        msg = "--client-ca and --client-ca-key go together (the CA certificate and its key)"
+        raise UsageError(msg)
+    days = provision.DEFAULT_CERT_DAYS if args.days is None else args.days
+    return provision.ClientCA.load(
+        args.client_ca, args.client_ca_key, args.client_ca_key_password_file, days=days
+    )
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:

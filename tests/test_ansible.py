@@ -25,6 +25,8 @@ DEPLOY = REPO / "deploy"
 ANSIBLE = DEPLOY / "ansible"
 PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 GATEWAY = "gw-test-01"
+CERT_GATEWAY = "gw-test-02"
+"""Provisioned with a client certificate instead of a password (no package install)."""
 SITE = "test-site"
 
 
@@ -61,8 +63,8 @@ def playbook(env: dict[str, str], inventory: Path, *args: str) -> subprocess.Com
     return proc
 
 
-def recap(stdout: str) -> dict[str, int]:
-    match = re.search(rf"^{re.escape(GATEWAY)}\s*:\s*(.*)$", stdout, re.MULTILINE)
+def recap(stdout: str, host: str = GATEWAY) -> dict[str, int]:
+    match = re.search(rf"^{re.escape(host)}\s*:\s*(.*)$", stdout, re.MULTILINE)
     assert match, stdout
     return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match[1])}
 
@@ -85,6 +87,29 @@ def test_run_against_throwaway_root_is_idempotent(tmp_path: Path, env: dict[str,
         capture_output=True,
         timeout=60,
     )
+    client_ca, client_ca_key = tmp_path / "client-ca.crt", tmp_path / "client-ca.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+            *("-nodes", "-keyout", str(client_ca_key), "-out", str(client_ca), "-days", "3650"),
+            *("-subj", "/CN=test site CA", "-addext", "basicConstraints=critical,CA:TRUE"),
+            *("-addext", "keyUsage=critical,keyCertSign,cRLSign"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "gateway", "provision", "--site", SITE),
+            *("--gateway", CERT_GATEWAY, "--broker", "mqtts://mqtt.example.test"),
+            *("--client-ca", str(client_ca), "--client-ca-key", str(client_ca_key)),
+            *("--out", str(fleet)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
@@ -93,16 +118,19 @@ def test_run_against_throwaway_root_is_idempotent(tmp_path: Path, env: dict[str,
         timeout=300,
     )
     [wheel] = wheels.glob("bluezone_gateway-*.whl")
-    root = tmp_path / "root"
+    root, cert_root = tmp_path / "root", tmp_path / "cert-root"
     root.mkdir()
+    cert_root.mkdir()
     inventory = tmp_path / "inventory.ini"
     inventory.write_text(
         f"[gateways]\n{GATEWAY} ansible_connection=local ansible_become=false"
-        f" gateway_id={GATEWAY} site={SITE}\n"
+        f" gateway_id={GATEWAY} site={SITE} bluezone_root={root}/\n"
+        f"{CERT_GATEWAY} ansible_connection=local ansible_become=false"
+        f" gateway_id={CERT_GATEWAY} site={SITE} bluezone_root={cert_root}/"
+        " bluezone_install_package=false\n"
     )
     # key=value strings, as typed on a command line: the role must apply `| bool`.
     extra = [
-        *("-e", f"bluezone_root={root}/"),
         *("-e", f"bluezone_provisioned_dir={fleet}"),
         *("-e", f"bluezone_package={wheel}"),
         *("-e", f"bluezone_python={sys.executable}"),
@@ -116,9 +144,11 @@ def test_run_against_throwaway_root_is_idempotent(tmp_path: Path, env: dict[str,
         group = grp.getgrgid(os.getegid()).gr_name
         extra += ["-e", f"bluezone_file_owner={user} bluezone_file_group={group}"]
 
-    first = recap(playbook(env, inventory, *extra).stdout)
-    assert first["failed"] == 0
+    run = playbook(env, inventory, *extra).stdout
+    first, first_cert = recap(run), recap(run, CERT_GATEWAY)
+    assert first["failed"] == first_cert["failed"] == 0
     assert first["changed"] >= 5, first
+    assert first_cert["changed"] >= 5, first_cert
 
     etc = root / "etc"
     expected = {
@@ -151,6 +181,17 @@ def test_run_against_throwaway_root_is_idempotent(tmp_path: Path, env: dict[str,
     )
     assert version.stdout.strip().endswith(__version__), version.stdout
 
-    second = recap(playbook(env, inventory, *extra).stdout)
-    assert second["changed"] == 0, second
-    assert second["failed"] == 0
+    # The certificate gateway: the certificate and its key instead of a password, no venv.
+    cert_etc = cert_root / "etc" / "bluezone"
+    for name, mode in (("client.crt", 0o644), ("client.key", 0o640), ("gateway.toml", 0o644)):
+        path = cert_etc / name
+        assert path.read_bytes() == (fleet / CERT_GATEWAY / name).read_bytes(), path
+        assert stat.S_IMODE(path.stat().st_mode) == mode, (path, oct(path.stat().st_mode))
+    assert not (cert_etc / "mqtt-password").exists()
+    assert not (cert_root / "opt").exists()
+
+    run = playbook(env, inventory, *extra).stdout
+    for host in (GATEWAY, CERT_GATEWAY):
+        second = recap(run, host)
+        assert second["changed"] == 0, (host, second)
+        assert second["failed"] == 0

@@ -1,0 +1,146 @@
+"""Tests of gateway.linker: the rule that links a rotated key to the phone's previous one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.linker import LinkPolicy, Trail, find_predecessor, fits, quarter_hour_phase
+from gateway.model import App, Platform
+
+BOUNDARY = 1_596_870_900.0  # 2020-08-08T07:15:00Z, a quarter hour
+POLICY = LinkPolicy()
+PHASE = quarter_hour_phase(float)
+
+
+def trail(key: str, first: float, last: float, burst: float | None = None, **kw: Any) -> Trail:
+    fields: dict[str, Any] = {
+        "app": App.BLUEZONE,
+        "platform": Platform.ANDROID,
+        "rssi": -62.0,
+        "roles": frozenset(),
+    }
+    fields.update(kw)
+    return Trail(key, first_heard=first, last_heard=last, burst_start=burst or first, **fields)
+
+
+def link(new: Trail, *candidates: Trail, rivals: tuple[Trail, ...] = ()) -> str | None:
+    found = find_predecessor(new, candidates, rivals, POLICY, PHASE)
+    return None if found is None else found.key
+
+
+def background_rotation(offset_s: float, key: str, rssi: float = -62.0) -> tuple[Trail, Trail]:
+    """A phone whose 15 s burst starts ``offset_s`` before the boundary (0 < offset < 30)."""
+    burst = BOUNDARY - offset_s
+    old = trail(f"old-{key}", BOUNDARY - 600, burst + 15, burst=burst, rssi=rssi)
+    new = trail(f"new-{key}", burst + 30.2, burst + 30.2, rssi=rssi + 2)
+    return old, new
+
+
+def test_bluezone_android_in_the_background_is_linked_one_cycle_after_its_last_burst():
+    old, new = background_rotation(10, "a")
+    assert link(new, old) == "old-a"
+
+
+def test_bluezone_android_with_the_app_open_is_linked_after_its_65_s_cycle():
+    burst = BOUNDARY - 40
+    old = trail("old", BOUNDARY - 900, burst + 60, burst=burst)
+    new = trail("new", burst + 65.5, burst + 65.5)
+    assert link(new, old) == "old"
+
+
+def test_several_phones_rotating_at_one_boundary_each_find_their_own():
+    pairs = [background_rotation(offset, str(offset)) for offset in (3, 9, 16, 24)]
+    olds = [old for old, _ in pairs]
+    news = [new for _, new in pairs]
+    for old, new in pairs:
+        assert link(new, *olds, rivals=tuple(news)) == old.key
+
+
+def test_two_phones_in_step_are_not_linked():
+    (old_a, new_a), (old_b, _) = background_rotation(10, "a"), background_rotation(10.5, "b")
+    assert link(new_a, old_a, old_b) is None
+
+
+def test_a_rival_that_fits_the_same_predecessor_blocks_the_link():
+    old, new = background_rotation(10, "a")
+    twin = new._replace(key="twin", first_heard=new.first_heard + 0.5)
+    assert link(new, old) == "old-a"
+    assert link(new, old, rivals=(twin,)) is None
+
+
+@pytest.mark.parametrize(
+    ("why", "change"),
+    [
+        ("not after a quarter hour", {"shift": 300.0}),
+        ("heard together", {"old_heard_after_s": 2.0}),
+        ("another app", {"app": App.GAEN}),
+        ("another platform", {"platform": Platform.IOS}),
+        ("far apart in RSSI", {"rssi": -80.0}),
+        ("not one cycle after the burst", {"new_first": 7.0}),
+    ],
+)
+def test_bluezone_android_timing_and_level_must_fit(why, change):
+    old, new = background_rotation(10, "a")
+    shift = change.get("shift", 0.0)
+    old = old._replace(
+        first_heard=old.first_heard + shift,
+        burst_start=old.burst_start + shift,
+        last_heard=old.last_heard + shift,
+    )
+    if "old_heard_after_s" in change:  # still heard after the new key began: two phones
+        old = old._replace(last_heard=new.first_heard + shift + change["old_heard_after_s"])
+    new = new._replace(
+        first_heard=new.first_heard + shift + change.get("new_first", 0.0),
+        app=change.get("app", new.app),
+        platform=change.get("platform", new.platform),
+        rssi=change.get("rssi", new.rssi),
+    )
+    assert link(new, old) is None, why
+
+
+def test_an_old_burst_that_began_after_the_boundary_is_not_a_rotation():
+    # A phone whose burst began after the quarter hour already advertised its new ID in it.
+    burst = BOUNDARY + 5
+    old = trail("old", BOUNDARY - 300, burst + 15, burst=burst)
+    new = trail("new", burst + 30, burst + 30)
+    assert link(new, old) is None
+
+
+@pytest.mark.parametrize(
+    ("app", "platform", "gap_s", "linked"),
+    [
+        (App.GAEN, None, 0.4, True),
+        (App.GAEN, None, 5.0, False),
+        (App.BLUEZONE, Platform.IOS, 2.5, True),
+        (App.BLUEZONE, Platform.IOS, 4.0, False),
+        (App.BLUETRACE, None, 6.0, True),
+        (App.BLUETRACE, None, 9.0, False),
+    ],
+)
+def test_keys_that_rotate_without_a_pause_hand_over_within_a_gap(app, platform, gap_s, linked):
+    t = BOUNDARY + 321  # any time: these rotate on their own schedule
+    old = trail("old", t - 600, t, app=app, platform=platform)
+    new = trail("new", t + gap_s, t + gap_s + 5, app=app, platform=platform)
+    assert (link(new, old) == "old") is linked
+
+
+def test_two_adapters_must_have_heard_both_keys_on_one_side():
+    t = BOUNDARY + 100
+    old = trail("old", t - 60, t, app=App.GAEN, platform=None, roles=frozenset({"outside"}))
+    new = trail("new", t + 0.3, t + 1, app=App.GAEN, platform=None, roles=frozenset({"inside"}))
+    assert link(new, old) is None
+    assert link(new._replace(roles=frozenset({"inside", "outside"})), old) == "old"
+
+
+def test_a_disabled_policy_links_nothing():
+    old, new = background_rotation(10, "a")
+    assert fits(new, old, POLICY, PHASE)
+    assert find_predecessor(new, [old], [], LinkPolicy(enabled=False), PHASE) is None
+
+
+def test_policy_rejects_non_positive_durations():
+    with pytest.raises(ValueError, match="handover_gap_s"):
+        LinkPolicy(handover_gap_s=0)
+    assert LinkPolicy().lookback_s == pytest.approx(137.0)

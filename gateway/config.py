@@ -6,6 +6,7 @@ All validation happens here, before the daemon opens the database or the radio.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -147,7 +148,7 @@ class WebSection:
     enabled: bool = True
     listen: str = "127.0.0.1:8080"
     """``host:port`` to serve on. Loopback by default (the desk's own screen); any other
-    address requires ``token_file``."""
+    address requires ``token_file``. Port 0 picks a free port (tests)."""
     token_file: Path | None = None
     """A file holding the access token; required unless ``listen`` is on loopback."""
     language: Literal["vi", "en"] = "vi"
@@ -156,14 +157,31 @@ class WebSection:
     """How long the check-in panel stays green before it returns to neutral."""
 
     def __post_init__(self) -> None:
-        """Check ``listen``."""
+        """Check ``listen``, and that a page reachable from the network needs a token."""
         host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             msg = f"listen must be host:port, got {self.listen!r}"
+            raise ValueError(msg)
+        if self.enabled and not self.loopback and self.token_file is None:
+            msg = (
+                f"listen = {self.listen!r} is reachable from the network: set token_file"
+                " (a file holding the access token), or listen on 127.0.0.1"
+            )
             raise ValueError(msg)
         if not self.checkin_hold_s > 0:
             msg = "checkin_hold_s must be > 0"
             raise ValueError(msg)
+
+    @property
+    def loopback(self) -> bool:
+        """Return whether ``listen`` is a loopback address (no token needed)."""
+        host = self.host
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False  # a host name other than localhost may resolve to anything
 
     @property
     def host(self) -> str:

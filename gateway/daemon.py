@@ -15,13 +15,21 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from gateway import __version__, capture
 from gateway.clock import boot_id, clock_check
 from gateway.config import Config, ConfigError
 from gateway.config import load as load_config
-from gateway.model import Advert, CheckIn, GatewayError, PresenceEvent, iso_utc, parse_iso_utc
+from gateway.model import (
+    Advert,
+    App,
+    CheckIn,
+    GatewayError,
+    PresenceEvent,
+    iso_utc,
+    parse_iso_utc,
+)
 from gateway.pipeline import Pipeline
 from gateway.presence import PresenceTracker
 from gateway.scan import AdapterScanner, GattReader
@@ -31,6 +39,9 @@ from gateway.sync import Publisher
 from gateway.systemd import Notifier
 from gateway.web import Feeds, WebError, WebView
 
+if TYPE_CHECKING:
+    from gateway.indicator import Indicator
+
 _LOGGER = logging.getLogger(__name__)
 
 QUEUE_MAX: Final = 10_000
@@ -38,6 +49,8 @@ QUEUE_MAX: Final = 10_000
 TICK_S: Final = 1.0
 STATUS_EVERY_S: Final = 30.0
 CLOCK_CHECK_EVERY_S: Final = 10.0
+INDICATOR_EVERY_S: Final = 2.0
+"""How often the red LED follows health: a scanner's brief recovery shows, but not for long."""
 PRUNE_EVERY_S: Final = 3600.0
 DISK_CHECK_EVERY_S: Final = 60.0
 DROP_BATCH: Final = 1000
@@ -113,6 +126,8 @@ class Daemon:
         self._queue: asyncio.Queue[Advert] | None = None
         self._store_ok = True
         self._clock_synced = clock_check(config.gateway.clock_check)
+        self.indicator: Indicator | None = None
+        """The optional LEDs and buzzer (``[indicator]``), while open."""
         self.web: WebView | None = None
         """The desk's page, while it serves."""
 
@@ -143,7 +158,7 @@ class Daemon:
                 _LOGGER.info("SIGHUP: presence thresholds now %s", fresh.presence)
             others = [
                 name
-                for name in ("gateway", "store", "scanner", "mqtt")
+                for name in ("gateway", "store", "scanner", "mqtt", "web")
                 if getattr(fresh, name) != getattr(self.config, name)
             ]
             if others:
@@ -169,6 +184,8 @@ class Daemon:
             boot_id=boot_id(),
         )
         self._synced = self._clock_synced()
+        if cfg.indicator.enabled:
+            self.indicator = _open_indicator(cfg)
         self._disk_free_mb = round(shutil.disk_usage(cfg.db_path.parent).free / 2**20, 1)
         try:
             pipeline = Pipeline(
@@ -199,6 +216,8 @@ class Daemon:
             return await self._serve(pipeline)
         finally:
             store.close()
+            if self.indicator is not None:
+                self.indicator.close()
 
     async def _serve(self, pipeline: Pipeline) -> int:
         queue: asyncio.Queue[Advert] = asyncio.Queue(maxsize=QUEUE_MAX)
@@ -271,6 +290,9 @@ class Daemon:
         except (WebError, StoreError) as e:
             _LOGGER.error("No desk view: %s (the gateway runs on without it)", e)  # noqa: TRY400
             self.web = None
+        except Exception:  # an optional part's boundary: a bug in it must not stop scanning
+            _LOGGER.exception("No desk view (the gateway runs on without it)")
+            self.web = None
         return self.web
 
     def _on_events(self, decided: list[PresenceEvent], stored: list[dict[str, Any]]) -> None:
@@ -282,6 +304,17 @@ class Daemon:
         _log_checkin(checkin)
         if self.web is not None:
             self.web.on_checkin(checkin)
+        if self.indicator is not None and checkin.app is App.BLUEZONE:
+            self.indicator.checkin()
+
+    def _update_indicator(self, pipeline: Pipeline) -> None:
+        """Red while a scanner is in trouble or (with a broker) the outbox is getting old."""
+        if self.indicator is None or self.indicator.red is None:
+            return
+        health = self.health(pipeline)
+        if not self.config.mqtt.enabled:
+            health["outbox"] = {}  # without a broker the outbox only grows: not trouble
+        self.indicator.update(health)
 
     async def _announce_ready(self, pipeline: Pipeline) -> None:
         """READY=1 once the scanners scan (at once for the simulator): systemd's start waits."""
@@ -436,7 +469,7 @@ class Daemon:
         return self._queue is None or self._queue.empty()
 
     async def _run_ticks(self, pipeline: Pipeline) -> None:
-        last_status = last_clock = last_rate = time.monotonic()
+        last_status = last_clock = last_rate = last_indicator = time.monotonic()
         last_prune = last_disk = -PRUNE_EVERY_S
         status_adverts = rate_adverts = 0
         while True:
@@ -458,6 +491,9 @@ class Daemon:
                 self.errors += 1
                 self._store_ok = False
                 _LOGGER.error("%s", e)  # noqa: TRY400 - the message says it all
+            if now - last_indicator >= INDICATOR_EVERY_S:
+                last_indicator = now
+                self._update_indicator(pipeline)
             if now - last_clock >= CLOCK_CHECK_EVERY_S:
                 last_clock = now
                 self._check_clock(pipeline.store)
@@ -498,6 +534,8 @@ class Daemon:
             return
         if seqs and self.publisher is not None:
             self.publisher.restamped(seqs)
+        if seqs and self.web is not None:
+            self.web.recount()  # the desk's counts and times, on the corrected clock
 
     def _mind_the_disk(self, store: EventStore) -> None:
         """Keep ``min_free_mb`` free: oldest unsynced events go only when nothing else can."""
@@ -509,6 +547,21 @@ class Daemon:
         if self._synced:
             store.prune(self._wall_clock(), include_unsynced=False)
         store.drop_oldest_unsynced(DROP_BATCH)
+
+
+def _open_indicator(cfg: Config) -> Indicator | None:
+    """Open the ``[indicator]`` GPIO outputs (gpiozero comes with the ``pi`` extra).
+
+    Raises:
+        ConfigError: gpiozero is missing, or it rejects a pin.
+    """
+    try:
+        from gateway.indicator import open_indicator  # only with pins set: gpiozero is optional
+    except ImportError as e:
+        msg = f"[indicator] pins are set but gpiozero cannot be imported ({e}):"
+        msg += " pip install 'bluezone-gateway[pi]'"
+        raise ConfigError(msg) from None
+    return open_indicator(cfg.indicator)
 
 
 def _leaves(error: BaseException) -> list[BaseException]:

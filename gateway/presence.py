@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 from gateway.model import (
     App,
@@ -49,6 +49,20 @@ WAITING_S: Final = 30.0
 """Scale of the extra evidence asked of a device heard outside for long (see `_patience`)."""
 
 Output = Sequence[PresenceEvent | CheckIn]
+
+
+class Occupant(NamedTuple):
+    """A device inside the zone now: what the desk counts and ``/api/present`` lists."""
+
+    key: str
+    app: App
+    platform: Platform | None
+    rolling_id: str | None
+    first_seen: float
+    """First sighting of the approach that brought it inside (the source's clock)."""
+    last_seen: float
+    """Latest sighting (the source's clock)."""
+    rssi_max: int
 
 
 def _patience(outside_s: float) -> float:
@@ -151,6 +165,14 @@ class PresenceTracker:
     def present(self) -> list[str]:
         """Return the keys of devices inside the zone now."""
         return [key for key, track in self._tracks.items() if track.inside]
+
+    def occupants(self) -> list[Occupant]:
+        """Return the devices inside the zone now, least recently heard first."""
+        return [
+            Occupant(t.key, t.app, t.platform, t.rolling_id, t.first_seen, t.t_last, t.rssi_max)
+            for t in self._tracks.values()
+            if t.inside
+        ]
 
     def observe(self, s: Sighting) -> Output:
         """Take one sighting; return the events and check-ins it causes (usually none)."""

@@ -336,6 +336,8 @@ class GattReader:
         self.failures = 0
         self.reading: str | None = None
         """The address being read now (the desk shows "reading ID…")."""
+        self.on_read: Callable[[str, str | None], None] | None = None
+        """Called with the address and its ID (None: not read) when an asked-for read ends."""
 
     def want(self, sighting: Sighting) -> None:
         """Ask for the ID of this iPhone (called for every sighting of one without an ID)."""
@@ -356,13 +358,14 @@ class GattReader:
         while True:
             address = await self._queue.get()
             self._queued.discard(address)
-            if self.ids.get(address, self._wall(time.monotonic())) is not None:
-                continue
-            self.reading = address
-            try:
-                await self._read(address)
-            finally:
-                self.reading = None
+            if self.ids.get(address, self._wall(time.monotonic())) is None:
+                self.reading = address
+                try:
+                    await self._read(address)
+                finally:
+                    self.reading = None
+            if self.on_read is not None:
+                self.on_read(address, self.ids.get(address, self._wall(time.monotonic())))
 
     async def _read(self, address: str) -> None:
         device = next((s.devices[address] for s in self._scanners if address in s.devices), None)

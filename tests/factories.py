@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.decode import BLUEZONE_ANDROID_UUID, BLUEZONE_COMPANY
+from gateway.decode import (
+    BLUEZONE_ANDROID_UUID,
+    BLUEZONE_COMPANY,
+    BLUEZONE_IOS_SERVICE,
+    GAEN_UUID,
+)
 from gateway.model import (
     Advert,
     App,
@@ -35,6 +40,21 @@ def android_advert(
         manufacturer_data={BLUEZONE_COMPANY: bytes.fromhex(rolling_id)},
         **kw,
     )
+
+
+def iphone_advert(
+    t: float = 0.0, rssi: int = -60, address: str = "4C:11:22:33:44:55", **kw: Any
+) -> Advert:
+    """A Bluezone iPhone with the app in front: the service UUID, no ID (protocol.md §2.4)."""
+    return Advert(t, address, rssi, service_uuids=(BLUEZONE_IOS_SERVICE,), **kw)
+
+
+def gaen_advert(
+    t: float = 0.0, rssi: int = -60, rpi: str = "0f" * 16, address: str = "6E:01:02:03:04:05"
+) -> Advert:
+    """An exposure-notification (GAEN) advert: 16-byte RPI and 4 bytes of metadata."""
+    data = bytes.fromhex(rpi) + bytes(4)
+    return Advert(t, address, rssi, service_uuids=(GAEN_UUID,), service_data={GAEN_UUID: data})
 
 
 def sighting(

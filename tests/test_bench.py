@@ -23,7 +23,8 @@ def test_bench_smoke(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("script", "size", "key"),
     [("scanner.py", ["--adverts", "300"], "into_callback_per_s"),
-     ("sync.py", ["--events", "400"], "gateway_drain_per_s")],
+     ("sync.py", ["--events", "400"], "gateway_drain_per_s"),
+     ("web.py", ["--checkins", "2"], "page_gzip_bytes")],
 )  # fmt: skip
 def test_bench_script_smoke(tmp_path, script, size, key):
     out = tmp_path / "benchmarks.md"

@@ -175,3 +175,48 @@ async def test_events_stamped_before_the_clock_syncs_are_restamped(tmp_path, mon
     assert moved == pytest.approx(behind_s, abs=0.5)
     dwell = parse_iso_utc(exit_["ts"]) - parse_iso_utc(entry_after["ts"])
     assert dwell == pytest.approx(exit_["dwell_s"], abs=0.06)  # dwell_s has 0.1 s steps
+
+
+async def test_a_check_in_lights_the_green_led_and_beeps(tmp_path, monkeypatch):
+    """The daemon opens [indicator] through gpiozero's default factory (here its mock)."""
+    from gpiozero import Device
+
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    saved, Device.pin_factory = Device.pin_factory, None
+    cfg = make_config(tmp_path)
+    cfg = dataclasses.replace(
+        cfg,
+        indicator=config.IndicatorSection(
+            green_pin="GPIO17", buzzer_pin="GPIO27", red_pin="GPIO22", checkin_s=30.0, beep_s=30.0
+        ),
+    )
+    held = asyncio.Event()
+
+    async def source(emit: Callable[[Advert], None]) -> None:
+        for _ in range(10):  # a Bluezone phone held to the gateway
+            emit(android_advert(t=time.monotonic(), rssi=-42))
+            await asyncio.sleep(0.01)
+        held.set()
+        await asyncio.Event().wait()
+
+    daemon = Daemon(cfg, source)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await held.wait()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if daemon.indicator is not None and daemon.indicator.green.is_lit:
+                break
+        indicator = daemon.indicator
+        assert indicator is not None
+        assert indicator.green.is_lit
+        assert indicator.buzzer.is_active
+        assert not indicator.red.is_lit  # a simulated source and no broker: nothing wrong
+    finally:
+        daemon.stop()
+        assert await task == 0
+        if Device.pin_factory is not None:
+            Device.pin_factory.close()
+        Device.pin_factory = saved
+    assert daemon.indicator is not None
+    assert daemon.indicator.green is None  # closed with the daemon: pins released

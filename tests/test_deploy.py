@@ -21,7 +21,9 @@ def test_commented_config_names_every_key_with_its_default():
     assert dataclasses.replace(loaded.store, path=None) == defaults.store
     assert loaded.scanner == defaults.scanner
     assert loaded.mqtt == defaults.mqtt
-    for section in ("gateway", "store", "presence", "scanner", "mqtt"):
+    assert loaded.web == defaults.web
+    assert loaded.indicator == defaults.indicator
+    for section in ("gateway", "store", "presence", "scanner", "mqtt", "web", "indicator"):
         for field in dataclasses.fields(getattr(defaults, section)):
             assert re.search(rf"^# (e\.g\. )?{field.name} = ", text, re.MULTILINE), field.name
 

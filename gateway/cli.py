@@ -15,7 +15,10 @@ import logging
 import math
 import os
 import signal
+import stat
+import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime
@@ -26,7 +29,7 @@ import orjson
 from tabulate import tabulate
 from tqdm import tqdm
 
-from gateway import __version__, capture, config, doctor, provision, rolling, scoring
+from gateway import __version__, calibrate, capture, config, doctor, provision, rolling, scoring
 from gateway.daemon import AdvertSource, Daemon, simulated, wall_time
 from gateway.decode import decode_advert
 from gateway.model import Advert, EventType, GatewayError, PresenceEvent, iso_utc, parse_iso_utc
@@ -46,6 +49,13 @@ EXIT_USAGE: Final = 2
 MAX_PENDING_SHOWN: Final = 10_000_000
 TICK_S: Final = 1.0
 """Replay ends silent visits once per second of capture time, as the daemon's ticker does."""
+PROGRESS_S: Final = 0.25
+RUNNER_UP_WARN: Final = 0.75
+"""Calibration: another phone heard this often, relative to the reference, deserves a word."""
+LIVE_SECONDS: Final = 60.0
+"""A live calibration sample: slow fading (bodies, doors) takes time to average out. On the
+simulator, four 60 s samples from 0.5 to 4 m fit the exponent to ±0.1 (one standard
+deviation), four 30 s ones to ±0.17."""
 
 
 class UsageError(GatewayError):
@@ -294,12 +304,45 @@ then: the broker's certificate listener trusts client-ca.crt (deploy/broker/mosq
     p.set_defaults(func=_cmd_ids)
 
     p = command(
+        "trace",
+        "An F0's visits in this gateway's store, and the Bluezone IDs inside with them (JSON).",
+        """\
+  bluezone-gateway trace --db events.db --daily-key 4C5224B3...E21084 --date 2020-08-08
+  bluezone-gateway trace --db events.db --daily-key 66B07D33...05FFB5 --base-date 2020-08-01 \\
+      --date 2020-08-08 --days 14          the base ID and the day it was created""",
+    )
+    # The options of gateway.trace.add_arguments, spelled out: importing that module (and
+    # SQLAlchemy) would slow every command down. tests/test_trace.py checks they match.
+    p.add_argument("--db", type=Path, required=True, help="the gateway's SQLite file (read-only)")
+    p.add_argument(
+        "--daily-key", required=True, metavar="HEX",
+        help="the F0's 32-byte daily key of --date, hex (or its base ID, with --base-date)",
+    )  # fmt: skip
+    p.add_argument(
+        "--date", type=date.fromisoformat, required=True, metavar="YYYY-MM-DD",
+        help="first UTC day to trace",
+    )  # fmt: skip
+    p.add_argument("--days", type=int, default=1, metavar="N", help="days from --date (1..60; 1)")
+    p.add_argument(
+        "--base-date", type=date.fromisoformat, metavar="YYYY-MM-DD",
+        help="the day the key belongs to, when it is not --date: with the base ID, the day the "
+        "app created it (keys chain forward)",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_trace)
+
+    p = command(
         "simulate",
         "Write a simulated entrance capture and its ground truth.",
         """\
   bluezone-gateway simulate --people 300 --minutes 60 --seed 7 --out lobby.jsonl \\
       --truth lobby-truth.jsonl
-  bluezone-gateway simulate --people 50 --minutes 10 --seed 1 --out - | bluezone-gateway decode""",
+  bluezone-gateway simulate --people 50 --minutes 10 --seed 1 --out - | bluezone-gateway decode
+your entrance, as `calibrate` measured it (then replay with the config it proposed):
+  bluezone-gateway simulate --people 300 --minutes 60 --seed 7 --calibration cal.json \\
+      --out mine.jsonl --truth mine-truth.jsonl
+a reference phone held 2 m away, to try `calibrate` without a radio:
+  bluezone-gateway simulate --people 5 --minutes 1 --seed 1 --reference-m 2 \\
+      --start 2020-08-08T07:05:00Z --out ref-2m.jsonl""",
     )
     p.add_argument("--people", type=int, required=True, help="people arriving during the run")
     p.add_argument("--minutes", type=float, required=True, help="length of the run")
@@ -316,26 +359,35 @@ then: the broker's certificate listener trusts client-ca.crt (deploy/broker/mosq
     p.add_argument(
         "--zone-m",
         type=float,
-        default=defaults.zone_m,
-        help="radius of the zone in the truth (default: %(default)s)",
+        help="radius of the zone in the truth (default: the calibration's, else"
+        f" {defaults.zone_m:g})",
     )
     p.add_argument(
-        "--rssi-1m",
-        type=float,
-        default=radio.rssi_1m,
-        help="mean RSSI 1 m away, dBm (default: %(default)s)",
+        "--calibration",
+        type=Path,
+        metavar="FILE",
+        help="the JSON object `calibrate` printed: your entrance's rssi_1m, path_loss_exponent,"
+        " sigma_db and zone_m (options given here override it)",
+    )
+    p.add_argument(
+        "--rssi-1m", type=float, help=f"mean RSSI 1 m away, dBm (default: {radio.rssi_1m:g})"
     )
     p.add_argument(
         "--path-loss-exponent",
         type=float,
-        default=radio.path_loss_exponent,
-        help="log-distance exponent (default: %(default)s)",
+        help=f"log-distance exponent (default: {radio.path_loss_exponent:g})",
     )
-    p.add_argument(
+    spread = p.add_mutually_exclusive_group()
+    spread.add_argument(
         "--noise-db",
         type=float,
-        default=radio.noise_db,
-        help="per-advert RSSI jitter σ, dB (default: %(default)s)",
+        help=f"per-advert RSSI jitter σ, dB (default: {radio.noise_db:g})",
+    )
+    spread.add_argument(
+        "--sigma-db",
+        type=float,
+        help="a still phone's whole spread as `calibrate` measures it, dB: the noise becomes"
+        f" √(σ² − {radio.fading_db:g}²) beside the {radio.fading_db:g} dB of slow fading",
     )
     p.add_argument(
         "--loss",
@@ -343,7 +395,68 @@ then: the broker's certificate listener trusts client-ca.crt (deploy/broker/mosq
         default=radio.loss,
         help="probability an advert is lost (default: %(default)s)",
     )
+    p.add_argument(
+        "--reference-m",
+        type=float,
+        metavar="D",
+        help="also a Bluezone Android phone, app open, held D m away all along: a recording"
+        " for `calibrate` (not in the truth)",
+    )
     p.set_defaults(func=_cmd_simulate)
+
+    p = command(
+        "calibrate",
+        "Measure the entrance with a reference phone; propose [presence] thresholds.",
+        """\
+  bluezone-gateway calibrate --sample 0.5:live --sample 1:live --sample 2:live --sample 4:live \\
+      --zone-m 3 > cal.json
+  bluezone-gateway calibrate --sample 1:at-1m.jsonl --sample 3:at-3m.jsonl --sample 5:live \\
+      --zone-m 2.5 --write /etc/bluezone/gateway.toml > cal.json
+then: sudo systemctl reload bluezone-gateway   (re-reads [presence])
+and see what the thresholds do in a simulation of your entrance:
+  bluezone-gateway simulate --people 300 --minutes 60 --seed 1 --calibration cal.json \\
+      --out mine.jsonl --truth mine-truth.jsonl
+  bluezone-gateway replay mine.jsonl --db mine.db --truth mine-truth.jsonl \\
+      --config /etc/bluezone/gateway.toml""",
+    )
+    p.add_argument(
+        "--sample",
+        action="append",
+        required=True,
+        metavar="D:SOURCE",
+        help="the reference phone D metres from the gateway: 'live' records it now, anything"
+        " else is a capture file (`capture --out`); repeat for each distance (2 or more)",
+    )
+    p.add_argument(
+        "--address",
+        help="the reference phone's address, or its rolling ID (24 hex digits); default: the"
+        " Bluezone Android phone heard most",
+    )
+    p.add_argument(
+        "--zone-m",
+        type=float,
+        default=Scenario().zone_m,
+        metavar="R",
+        help="radius of the zone to propose thresholds for, in metres (default: %(default)s)",
+    )
+    p.add_argument(
+        "--write",
+        type=Path,
+        metavar="CONFIG",
+        help="set [presence] in this TOML file, keeping its comments (created when missing);"
+        " its [scanner] adapter is the one recorded with",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=LIVE_SECONDS,
+        help="how long each live sample records (default: %(default)s)",
+    )
+    p.add_argument("--adapter", help="adapter for live samples (default: [scanner] or hci0)")
+    p.add_argument(
+        "--yes", action="store_true", help="do not wait for Enter before each live sample"
+    )
+    p.set_defaults(func=_cmd_calibrate)
     return parser
 
 
@@ -624,6 +737,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if truth is not None:
         detected = scoring.visits_from_events(decided)
         summary["score"] = scoring.score(detected, truth).as_dict()
+        policy = cfg.presence
+        summary["presence"] = {
+            "enter_rssi": policy.enter_rssi,
+            "exit_rssi": policy.exit_rssi,
+            "rssi_sigma_db": policy.rssi_sigma_db,
+        }
     _print_summary(summary, as_json=args.json)
     return EXIT_BAD_INPUT if bad else EXIT_OK
 
@@ -718,8 +837,11 @@ def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:
         lines.append(f"invalid capture lines skipped: {summary['invalid_lines']:,}")
     if "score" in summary:
         s = summary["score"]
+        p = summary.get("presence", {})
+        thresholds = ", ".join(f"{k} {v:g}" for k, v in p.items())
         lines.append(
-            f"against the truth: precision {s['precision']:.3f}, recall {s['recall']:.3f} "
+            f"against the truth ({thresholds}): precision {s['precision']:.3f},"
+            f" recall {s['recall']:.3f} "
             f"({s['matched']} of {s['detected']} detected matched, {s['observable']} observable "
             f"of {s['true']} true visits, {s['splits']} split, {s['merges']} merged)"
         )
@@ -772,8 +894,15 @@ def _write_events(events: Iterator[dict[str, Any]], fmt: str, out: IO[str]) -> N
             "dwell_s",
             "checked_in",
         )
-        rows = [[e[c] for c in columns] for e in events]
-        out.write(tabulate(rows, headers=columns, missingval="-") + "\n")
+        listed = list(events)
+        # A phone's visit, across its linked rolling IDs: the seq of its first entry when it is
+        # listed too, else the start of its visit_id.
+        seq_of = {e["id"]: e["seq"] for e in listed}
+        rows = [
+            [*(e[c] for c in columns), seq_of.get(e["visit_id"]) or e["visit_id"][:8]]
+            for e in listed
+        ]
+        out.write(tabulate(rows, headers=(*columns, "visit"), missingval="-") + "\n")
 
 
 def _cmd_ids(args: argparse.Namespace) -> int:
@@ -799,13 +928,47 @@ def _cmd_ids(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_trace(args: argparse.Namespace) -> int:
+    """The same query as ``bluezone-central trace``, over this gateway's own file."""
+    from gateway import trace as tracing
+
+    try:
+        ids = tracing.ids_from_arguments(args)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    engine = tracing.open_gateway_store(args.db)
+    try:
+        with engine.connect() as conn:
+            result = tracing.trace(conn, tracing.events_table(), ids)
+    finally:
+        engine.dispose()
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return EXIT_OK
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    fitted = _read_calibration(args.calibration) if args.calibration else {}
+    defaults = Scenario()
+    radio = defaults.radio
+
+    def pick(option: float | None, key: str, default: float) -> float:
+        return option if option is not None else float(fitted.get(key, default))
+
     try:
         start = parse_iso_utc(args.start)
+        sigma_db = pick(args.sigma_db, "sigma_db", math.nan)
+        if args.noise_db is not None:
+            noise_db = args.noise_db
+        elif math.isnan(sigma_db):
+            noise_db = radio.noise_db
+        else:
+            noise_db = Radio.noise_for(sigma_db, radio.fading_db)
         radio = Radio(
-            rssi_1m=args.rssi_1m,
-            path_loss_exponent=args.path_loss_exponent,
-            noise_db=args.noise_db,
+            rssi_1m=pick(args.rssi_1m, "rssi_1m", radio.rssi_1m),
+            path_loss_exponent=pick(
+                args.path_loss_exponent, "path_loss_exponent", radio.path_loss_exponent
+            ),
+            noise_db=noise_db,
             loss=args.loss,
         )
         scenario = Scenario(
@@ -813,8 +976,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             minutes=args.minutes,
             seed=args.seed,
             start=start,
-            zone_m=args.zone_m,
+            zone_m=pick(args.zone_m, "zone_m", defaults.zone_m),
             radio=radio,
+            reference_m=args.reference_m,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -846,8 +1010,37 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             for visit in truth:
                 truth_out.write(orjson.dumps(visit.as_dict(), option=orjson.OPT_APPEND_NEWLINE))
     observable = sum(v.observable for v in truth)
-    _say("simulate", f"{written:,} adverts, {len(truth)} true visits ({observable} observable)")
+    _say(
+        "simulate",
+        f"{written:,} adverts, {len(truth)} true visits ({observable} observable) in a"
+        f" {scenario.zone_m:g} m zone; radio: {radio.rssi_1m:g} dBm at 1 m, path-loss exponent"
+        f" {radio.path_loss_exponent:g}, noise {radio.noise_db:.2f} dB"
+        f" + fading {radio.fading_db:g} dB (spread {radio.sigma_db:.2f} dB)",
+    )
     return EXIT_OK
+
+
+def _read_calibration(path: Path) -> dict[str, float]:
+    """Read the JSON object `calibrate` printed: the radio and zone keys simulate uses."""
+    try:
+        record = orjson.loads(path.read_bytes())
+    except OSError as e:
+        msg = f"--calibration {path}: {e.strerror}"
+        raise UsageError(msg) from None
+    except orjson.JSONDecodeError as e:
+        msg = f"--calibration {path}: not JSON ({e})"
+        raise UsageError(msg) from None
+    keys = ("rssi_1m", "path_loss_exponent", "sigma_db", "zone_m")
+    if not isinstance(record, dict) or not all(
+        isinstance(record.get(k), int | float) and not isinstance(record.get(k), bool)
+        for k in keys[:3]
+    ):
+        msg = (
+            f"--calibration {path}: expected the JSON object `calibrate` prints, with numbers"
+            f" {', '.join(keys[:3])}"
+        )
+        raise UsageError(msg)
+    return {k: float(record[k]) for k in keys if isinstance(record.get(k), int | float)}
 
 
 @contextlib.contextmanager
@@ -877,3 +1070,266 @@ def _open_output(name: str) -> Iterator[IO[bytes]]:
         raise UsageError(msg) from None
     with handle:
         yield handle
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit the path-loss model to the samples; print it and the thresholds; maybe write them."""
+    wanted = [_parse_sample(text) for text in args.sample]
+    # Everything that can be checked is checked before the operator is sent walking.
+    calibrate.require_distances([d for d, _ in wanted])
+    if not (math.isfinite(args.zone_m) and args.zone_m > 0):
+        msg = f"--zone-m {args.zone_m:g} must be a positive number of metres"
+        raise UsageError(msg)
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        msg = f"--seconds {args.seconds:g} must be > 0"
+        raise UsageError(msg)
+    cfg = config.Config()
+    if args.write is not None:
+        cfg = _writable_config(args.write)
+    samples: list[calibrate.Sample] = []
+    summaries: list[dict[str, Any]] = []
+    bad = 0
+    # Capture files first: a file without the reference phone fails before any recording.
+    for distance, source in sorted(wanted, key=lambda w: w[1] is None):
+        if source is None:
+            adverts = _record_live(cfg, args, distance)
+            where = f"live on {_live_adapter(cfg, args)} at {distance:g} m"
+        else:
+            adverts, invalid = _read_capture(source)
+            bad += invalid
+            where = str(source)
+        sample, summary = _reference_sample(adverts, distance, where, args.address)
+        samples.append(sample)
+        summaries.append(summary)
+    model = calibrate.fit(samples)
+    proposal = calibrate.propose(model, args.zone_m)
+    for caveat in calibrate.caveats(model, args.zone_m):
+        _say("calibrate", f"warning: {caveat}")
+    for summary in summaries:
+        summary["residual_db"] = round(
+            summary["median_rssi"] - model.mean_rssi(summary["distance_m"]), 2
+        )
+    result = {
+        "rssi_1m": round(model.rssi_1m, 2),
+        "path_loss_exponent": round(model.path_loss_exponent, 3),
+        "sigma_db": round(model.sigma_db, 2),
+        **{key: calibrate.whole(value) for key, value in proposal.presence().items()},
+        "zone_m": args.zone_m,
+        "samples": summaries,
+    }
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    sys.stdout.flush()
+    snippet = proposal.snippet(model)
+    if args.write is None:
+        _say("calibrate", "for [presence] (or run again with --write CONFIG):")
+        sys.stderr.write(snippet)
+    else:
+        _write_presence(args.write, proposal, model)
+    return EXIT_BAD_INPUT if bad else EXIT_OK
+
+
+def _parse_sample(text: str) -> tuple[float, Path | None]:
+    """Parse ``D:SOURCE``: the distance in metres, and a capture file (None for ``live``)."""
+    distance, sep, source = text.partition(":")
+    hint = "expected D:SOURCE, e.g. 2:live or 2:lobby-2m.jsonl"
+    if not sep or not source:
+        msg = f"--sample {text!r}: {hint}"
+        raise UsageError(msg)
+    try:
+        metres = float(distance)
+    except ValueError:
+        msg = f"--sample {text!r}: the distance {distance!r} is not a number of metres ({hint})"
+        raise UsageError(msg) from None
+    if not (math.isfinite(metres) and metres > 0):
+        msg = f"--sample {text!r}: the distance must be more than 0 m"
+        raise UsageError(msg)
+    if source == "live":
+        return metres, None
+    path = Path(source)
+    if not path.is_file():
+        msg = f"--sample {text!r}: {path} is not a file (a capture, or 'live')"
+        raise UsageError(msg)
+    return metres, path
+
+
+def _writable_config(path: Path) -> config.Config:
+    """Load the configuration ``--write`` will change; check that it can be written."""
+    folder = path.resolve().parent
+    if not os.access(folder, os.W_OK):
+        msg = f"--write {path}: cannot write in {folder}"
+        raise UsageError(msg)
+    return config.load(path) if path.exists() else config.Config()
+
+
+def _read_capture(path: Path) -> tuple[list[Advert], int]:
+    """Read a capture file; return its adverts and how many lines were invalid (reported)."""
+    adverts: list[Advert] = []
+    bad = 0
+    with _open_input(path) as (lines, _size):
+        for _lineno, item in capture.read(lines):
+            if isinstance(item, capture.CaptureError):
+                bad += 1
+                if bad <= 20:
+                    _say("calibrate", f"{path}: {item}")
+            else:
+                adverts.append(item)
+    if bad > 20:
+        _say("calibrate", f"{path}: {bad} invalid lines in all")
+    return adverts, bad
+
+
+def _reference_sample(
+    adverts: list[Advert], distance: float, where: str, address: str | None
+) -> tuple[calibrate.Sample, dict[str, Any]]:
+    """Find the reference phone among ``adverts``; say which on stderr."""
+    ref = calibrate.pick_reference(adverts, address)
+    if ref is None:
+        what = f"no advert from {address}" if address else "no Bluezone Android phone"
+        msg = f"{what} among the {len(adverts):,} adverts of {where}" + (
+            "" if address else ": is Bluezone open on the reference phone?"
+        )
+        raise calibrate.CalibrationError(msg)
+    median = statistics.median(ref.rssi)
+    others = ref.candidates - 1
+    _say(
+        "calibrate",
+        f"{distance:g} m, {where}: reference {ref.key}, {len(ref.rssi):,} adverts, median"
+        f" {median:g} dBm"
+        + (
+            f"; {others} other candidate(s), the next heard {ref.runner_up:,} times"
+            if others
+            else ""
+        ),
+    )
+    if others and ref.runner_up > RUNNER_UP_WARN * len(ref.rssi):
+        _say(
+            "calibrate",
+            f"warning: at {distance:g} m another phone was heard almost as often; if"
+            f" {ref.key} is not the reference phone, name it with --address",
+        )
+    summary = {
+        "distance_m": distance,
+        "source": where,
+        "reference": ref.key,
+        "adverts": len(ref.rssi),
+        "median_rssi": median,
+    }
+    return calibrate.Sample(distance, ref.rssi, where), summary
+
+
+def _live_adapter(cfg: config.Config, args: argparse.Namespace) -> str:
+    return str(args.adapter or cfg.scanner.names[0])
+
+
+def _record_live(cfg: config.Config, args: argparse.Namespace, distance: float) -> list[Advert]:
+    """Record ``--seconds`` of adverts for the sample at ``distance``, after a prompt."""
+    adapter = _live_adapter(cfg, args)
+    if sys.stdin.isatty() and not args.yes:
+        sys.stderr.write(f"Stand at {distance:g} m with the reference phone, then press Enter ")
+        sys.stderr.flush()
+        if not sys.stdin.readline():
+            msg = "no answer on stdin: stopped before recording"
+            raise UsageError(msg)
+    settings = dataclasses.replace(cfg.scanner, adapter=adapter, adapters=(), roles=())
+    source = scan(settings, alias=cfg.gateway.id, scanners=[])
+    with tqdm(
+        total=args.seconds,
+        unit="s",
+        disable=None,
+        file=sys.stderr,
+        desc=f"{distance:g} m",
+        leave=False,
+        bar_format="{desc}: {bar} {n:.0f}/{total:.0f} s, {postfix}",
+    ) as progress:
+        try:
+            return asyncio.run(_record(source, args.seconds, progress))
+        except BaseExceptionGroup as group:  # the scanners' TaskGroup
+            error = _first_gateway_error(group)
+            if error is None:
+                raise
+            msg = f"live sample at {distance:g} m on {adapter}: {error}"
+            raise UsageError(msg) from None
+
+
+def _first_gateway_error(group: BaseExceptionGroup[BaseException]) -> GatewayError | None:
+    """Return the first `GatewayError` inside (nested) exception groups, if any."""
+    for error in group.exceptions:
+        if isinstance(error, GatewayError):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            inner = _first_gateway_error(error)
+            if inner is not None:
+                return inner
+    return None
+
+
+async def _record(source: AdvertSource, seconds: float, progress: tqdm[Any]) -> list[Advert]:
+    """Run ``source`` for ``seconds``; return what it heard. A scanner error is raised."""
+    heard: list[Advert] = []
+    task = asyncio.create_task(source(heard.append))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        while (elapsed := loop.time() - started) < seconds:
+            if task.done():
+                task.result()  # the scanner gave up: raise its error
+                break
+            progress.n = elapsed
+            progress.set_postfix_str(f"{len(heard):,} adverts")
+            await asyncio.sleep(min(PROGRESS_S, seconds - elapsed))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return heard
+
+
+def _write_presence(path: Path, proposal: calibrate.Proposal, model: calibrate.PathLoss) -> None:
+    """Set the proposal's ``[presence]`` keys in ``path``: validated, atomic, mode kept."""
+    target = path.resolve()  # a symlinked config is changed where it lives
+    text = target.read_text(encoding="utf-8") if target.exists() else ""
+    note = (
+        f"calibrated for a {proposal.zone_m:g} m zone: {model.rssi_1m:.1f} dBm at 1 m, exponent"
+        f" {model.path_loss_exponent:.2f}, spread {model.sigma_db:.1f} dB"
+    )
+    new = calibrate.update_config(text, proposal.presence(), str(path), note)
+    config.parse(new, path)  # never write a file the daemon would refuse
+    _replace_file(target, new)
+    _say(
+        "calibrate",
+        f"wrote enter_rssi {proposal.enter_rssi:g}, exit_rssi {proposal.exit_rssi:g},"
+        f" rssi_sigma_db {proposal.rssi_sigma_db:g} to [presence] in {path}; apply it with:"
+        " sudo systemctl reload bluezone-gateway",
+    )
+
+
+def _replace_file(target: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``target`` and rename it over ``target``.
+
+    A crash leaves the old file or the new one, never half of one. The old file's mode, owner
+    and group are kept (gateway.toml is root:bluezone 0640 on a gateway).
+    """
+    old = target.stat() if target.exists() else None
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if old is not None:
+            Path(tmp).chmod(stat.S_IMODE(old.st_mode))
+            if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                os.chown(tmp, old.st_uid, old.st_gid)
+        else:
+            Path(tmp).chmod(0o666 & ~_umask())
+        Path(tmp).replace(target)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        msg = f"cannot write {target}: {e.strerror}"
+        raise UsageError(msg) from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -435,6 +435,7 @@ _FIELD_TYPES: Final[dict[tuple[str, str], Any]] = {
     ("store", "synchronous"): ("full", "normal"),
     ("presence", "checkin_samples"): int,
     ("presence", "max_devices"): int,
+    ("presence", "link"): bool,
     ("scanner", "adapter"): "adapter",
     ("scanner", "adapters"): "adapters",
     ("scanner", "roles"): "roles",

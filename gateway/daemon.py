@@ -21,6 +21,7 @@ from gateway import __version__, capture
 from gateway.clock import boot_id, clock_check
 from gateway.config import Config, ConfigError
 from gateway.config import load as load_config
+from gateway.linker import quarter_hour_phase
 from gateway.model import (
     Advert,
     App,
@@ -189,7 +190,11 @@ class Daemon:
         self._disk_free_mb = round(shutil.disk_usage(cfg.db_path.parent).free / 2**20, 1)
         try:
             pipeline = Pipeline(
-                PresenceTracker(cfg.presence, roles=cfg.scanner.role_of()),
+                PresenceTracker(
+                    cfg.presence,
+                    roles=cfg.scanner.role_of(),
+                    phase=quarter_hour_phase(self._wall_time),  # adverts: monotonic clock
+                ),
                 store,
                 wall=self._wall_time,
                 clock_synced=lambda: self._synced,
@@ -336,7 +341,7 @@ class Daemon:
                 or "starting"
             )
         outbox = pipeline.store.stats()["outbox"] if self.config.mqtt.enabled else None
-        line = f"{source}, {len(pipeline.tracker.present())} present"
+        line = f"{source}, {pipeline.tracker.people()} present"
         return line + (f", outbox {outbox}" if outbox is not None else "")
 
     async def _shut_down(
@@ -379,7 +384,8 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self._started, 1),
             "clock_synced": self._synced,
             "disk_free_mb": self._disk_free_mb,
-            "present": len(pipeline.tracker.present()),
+            "present": pipeline.tracker.people(),
+            "present_ids": len(pipeline.tracker.present()),
             "adverts_per_s": round(self._rate, 1),
             "outbox": {
                 "depth": stats["outbox"],
@@ -506,7 +512,7 @@ class Daemon:
                 _LOGGER.info(
                     "%.0f adverts/s, %d present, %s",
                     rate,
-                    len(pipeline.tracker.present()),
+                    pipeline.tracker.people(),
                     _summary(pipeline, self.dropped),
                 )
 

@@ -147,10 +147,13 @@ class Desk:
         """Return the recent events for the page, newest first."""
         return list(reversed(self._recent))
 
-    def counts(self, now: float, present: Mapping[str, int]) -> dict[str, Any]:
+    def counts(
+        self, now: float, present: Mapping[str, int], ids: Mapping[str, int] | None = None
+    ) -> dict[str, Any]:
         """Return per app: inside now, entries and exits in the last hour and today.
 
-        ``present`` (app → devices inside) comes from the presence engine.
+        ``present`` (app → phones inside: distinct visits, linked keys counted once) and
+        ``ids`` (app → keys inside; default ``present``) come from the presence engine.
         """
         self._roll(now)
         self._prune(now)
@@ -158,6 +161,7 @@ class Desk:
         for app in App:
             out[app.value] = {
                 "present": present.get(app.value, 0),
+                "ids": (present if ids is None else ids).get(app.value, 0),
                 "hour": {kind: self._hour_counts[kind, app.value] for kind in KINDS},
                 "today": {kind: self._today_counts[kind, app.value] for kind in KINDS},
             }
@@ -243,10 +247,12 @@ class Desk:
             return {"state": Panel.IDLE.value, "n": self._panel_n}
         return {**self._panel, "n": self._panel_n, "remaining_s": round(remaining_s, 3)}
 
-    def snapshot(self, now: float, present: Mapping[str, int]) -> dict[str, Any]:
+    def snapshot(
+        self, now: float, present: Mapping[str, int], ids: Mapping[str, int] | None = None
+    ) -> dict[str, Any]:
         """Return everything the page shows, for a page that (re)connects."""
         return {
             "panel": self.panel(now),
-            "counts": self.counts(now, present),
+            "counts": self.counts(now, present, ids),
             "recent": self.recent(),
         }

@@ -145,6 +145,17 @@ class PresenceEvent:
     """Exit only: whether the phone was held close (a check-in) during the visit."""
     direction: str | None = None
     """With two adapters: ``in`` or ``out`` (see `PresenceTracker`); None otherwise."""
+    chain: int = 0
+    """The visit number of the first key of this phone's visit: its own ``visit`` unless the
+    linker (gateway/linker.py) found the key continues an earlier one; 0 means ``visit``."""
+    continues: str | None = None
+    """Entry only: the rolling ID of the key this one continues (None when not linked, or
+    when the earlier key's ID was never learned)."""
+
+    @property
+    def visit_chain(self) -> int:
+        """Return the visit number that identifies the whole visit (all linked keys)."""
+        return self.chain or self.visit
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +194,9 @@ class PresencePolicy:
     """Consecutive samples at or above ``checkin_rssi`` that make a check-in."""
     max_devices: int = 20_000
     """Devices tracked at once; the least recently heard is dropped (and exited) beyond it."""
+    link: bool = True
+    """Link a phone's new rolling ID or address to its previous one (gateway/linker.py), so
+    that events carry one ``visit_id`` per phone visit and counts count people."""
 
     def __post_init__(self) -> None:
         """Reject policies that cannot work, naming the key."""

@@ -23,15 +23,22 @@ keeps a phone jittering by 5-10 dB in the lobby from flapping in and out.
 
 Tracks live in an LRU-ordered dict, so `PresenceTracker.expire` looks only at the devices that
 fell silent, and memory stays bounded by ``max_devices``.
+
+Linking (``link``, gateway/linker.py): when a key enters, the tracker asks whether it continues
+a key of the same phone heard a moment ago (a quarter-hour ID rotation, a new address). If so
+the entry carries ``continues`` and both keys share a ``chain``: one visit of one phone, while
+the events stay per key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Final, NamedTuple
 
+from gateway.linker import LinkPolicy, Trail, find_predecessor, undecided
 from gateway.model import (
     App,
     CheckIn,
@@ -44,6 +51,12 @@ from gateway.model import (
 
 CHECKIN_REARM_DB: Final = 10.0
 """The mean must fall this far below ``checkin_rssi`` before another check-in can fire."""
+
+INSIDE_AT_END_S: Final = 2.0
+"""A key last put inside this soon before its last sighting was inside when it went quiet."""
+
+LEVEL_S: Final = 10.0
+"""Time constant of the slow RSSI mean the linker compares keys by (their level, not a blip)."""
 
 WAITING_S: Final = 30.0
 """Scale of the extra evidence asked of a device heard outside for long (see `_patience`)."""
@@ -63,6 +76,8 @@ class Occupant(NamedTuple):
     last_seen: float
     """Latest sighting (the source's clock)."""
     rssi_max: int
+    visit: int = 0
+    """The whole visit's number (all keys linked into it share it); 0 before the entry."""
 
 
 def _patience(outside_s: float) -> float:
@@ -78,20 +93,66 @@ def _patience(outside_s: float) -> float:
     return math.sqrt(1.0 + math.log1p(max(outside_s, 0.0) / WAITING_S))
 
 
+def _unix_phase(t: float) -> float:
+    """Seconds since the last quarter hour when the source's clock is Unix time."""
+    return t % 900.0
+
+
+def _occupant(t: _Track) -> Occupant:
+    return Occupant(
+        t.key,
+        t.app,
+        t.platform,
+        t.rolling_id,
+        t.first_seen,
+        t.t_last,
+        t.rssi_max,
+        t.chain or t.visit,
+    )
+
+
+def _trail(track: _Track, sigma_db: float) -> Trail:
+    """Return what the linker needs to know of a track (``sigma_db``: one advert's jitter)."""
+    return Trail(
+        key=track.key,
+        app=track.app,
+        platform=track.platform,
+        first_heard=track.born,
+        last_heard=track.t_last,
+        burst_start=track.burst_start,
+        rssi=track.level_sum / track.level_w,
+        rssi_se=sigma_db * math.sqrt(track.level_w2) / track.level_w,
+        roles=frozenset(track.last_heard),
+        inside_at_end=track.visit > 0 and track.t_last - track.last_inside <= INSIDE_AT_END_S,
+    )
+
+
 class _Track:
     """Mutable state of one device key; slots keep thousands of them small."""
 
     __slots__ = (
+        "address",
         "app",
+        "born",
+        "burst_start",
+        "chain",
+        "chain_hint",
         "checked_in",
         "checkin_armed",
+        "claimed",
         "close_run",
+        "continues",
         "first_heard",
         "first_seen",
         "inside",
         "key",
         "last_heard",
         "last_inside",
+        "level_sum",
+        "level_w",
+        "level_w2",
+        "pending",
+        "pending_counts",
         "platform",
         "rolling_id",
         "rssi_max",
@@ -109,6 +170,19 @@ class _Track:
         self.app: App = s.app
         self.platform: Platform | None = s.platform
         self.rolling_id: str | None = s.rolling_id
+        self.address = s.address
+        self.born = self.burst_start = s.t
+        self.chain = 0
+        """Visit number of the first key of this phone's visit (see `PresenceEvent.chain`)."""
+        self.continues: str | None = None
+        self.pending: float | None = None
+        self.pending_counts: tuple[int, int] | None = None
+        """(sightings, rssi_max) when it qualified: what its entry reports."""
+        """When the track qualified to enter while its link could not be decided yet."""
+        self.chain_hint: tuple[int, str | None] | None = None
+        """(chain, rolling ID) the next entry continues: this address's previous ID."""
+        self.claimed = False
+        """Another key continues this one: it cannot be continued twice."""
         self.inside = False
         self.visit = 0
         self.last_inside = 0.0
@@ -123,9 +197,8 @@ class _Track:
         self.first_heard: dict[str, float] = {}
         """Role → first time heard by that side's adapter in this approach (two adapters)."""
         self.last_heard: dict[str, float] = {}
-        self.weighted_sum = float(rssi)
-        self.weight = 1.0
-        self.weight_sq = 1.0
+        self.weighted_sum = self.level_sum = float(rssi)
+        self.weight = self.weight_sq = self.level_w = self.level_w2 = 1.0
         self.t_last = t
         self.first_seen = t
         self.sightings = 1
@@ -139,10 +212,17 @@ class _Track:
             self.weighted_sum *= decay
             self.weight *= decay
             self.weight_sq *= decay * decay
+            slow = math.exp(-dt / LEVEL_S)
+            self.level_sum *= slow
+            self.level_w *= slow
+            self.level_w2 *= slow * slow
             self.t_last = t
         self.weighted_sum += rssi
         self.weight += 1.0
         self.weight_sq += 1.0
+        self.level_sum += rssi
+        self.level_w += 1.0
+        self.level_w2 += 1.0
         self.sightings += 1
         if rssi > self.rssi_max:
             self.rssi_max = rssi
@@ -151,12 +231,34 @@ class _Track:
 class PresenceTracker:
     """Turn sightings into entry/exit events; never reads a clock."""
 
-    def __init__(self, policy: PresencePolicy, roles: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        policy: PresencePolicy,
+        roles: Mapping[str, str] | None = None,
+        *,
+        phase: Callable[[float], float] | None = None,
+        link: LinkPolicy | None = None,
+    ) -> None:
+        """Track devices under ``policy``.
+
+        Args:
+            policy: the thresholds (``[presence]``).
+            roles: adapter → ``outside``/``inside`` when two adapters give direction.
+            phase: seconds since the last quarter hour (UTC) at a source time, for linking
+                Bluezone's ID rotation; default: the source's clock is Unix time (a capture).
+            link: the linker's parameters (`PresencePolicy.link` switches it on or off).
+        """
         self.policy = policy
         self._roles = dict(roles or {})
         """Adapter → ``outside``/``inside`` when two adapters give direction."""
         self._tracks: OrderedDict[str, _Track] = OrderedDict()
         self._visits = 0
+        self._phase = phase or _unix_phase
+        self._link = link or LinkPolicy()
+        self._gone: deque[_Track] = deque()
+        """Tracks forgotten by `expire` lately: a new key may still continue them."""
+        self._pending: dict[str, _Track] = {}
+        """Tracks whose entry waits for the link to be decided (`_try_enter`)."""
 
     def __len__(self) -> int:
         """Return how many devices are tracked."""
@@ -166,13 +268,17 @@ class PresenceTracker:
         """Return the keys of devices inside the zone now."""
         return [key for key, track in self._tracks.items() if track.inside]
 
+    def people(self) -> int:
+        """Return how many phones are inside: distinct visits, linked keys counted once."""
+        return len({t.chain or t.visit for t in self._tracks.values() if t.inside})
+
     def occupants(self) -> list[Occupant]:
-        """Return the devices inside the zone now, least recently heard first."""
-        return [
-            Occupant(t.key, t.app, t.platform, t.rolling_id, t.first_seen, t.t_last, t.rssi_max)
-            for t in self._tracks.values()
-            if t.inside
-        ]
+        """Return the devices inside the zone now, least recently heard first.
+
+        Two keys of one phone (its old ID until it times out, and its new one) are two
+        occupants with the same ``visit``: count distinct visits to count people.
+        """
+        return [_occupant(t) for t in self._tracks.values() if t.inside]
 
     def observe(self, s: Sighting) -> Output:
         """Take one sighting; return the events and check-ins it causes (usually none)."""
@@ -188,17 +294,7 @@ class PresenceTracker:
                     out.append(self._exit(evicted))
         else:
             self._tracks.move_to_end(s.key)
-            if s.rolling_id != track.rolling_id and s.rolling_id is not None:
-                self._new_id(track, s, out)
-            elif t - (track.last_inside if track.inside else track.t_last) > p.exit_timeout_s:
-                # Nothing put it inside for longer than the timeout (it is only heard weakly
-                # now), or it was silent as long as `expire` takes to forget a device: start
-                # afresh, so that when `expire` last ran does not matter.
-                if track.inside:
-                    out.append(self._exit(track))
-                track.restart(t, s.rssi)
-            else:
-                track.add(t, s.rssi, p.smoothing_s)
+            self._update(track, s, out)
         if self._roles:
             self._heard_from(track, s)
         mean = track.weighted_sum / track.weight
@@ -206,10 +302,36 @@ class PresenceTracker:
         margin = p.confidence_z * p.rssi_sigma_db * math.sqrt(track.weight_sq) / track.weight
         if track.inside:
             self._stay_or_leave(track, s, mean, margin, out)
-        elif mean - margin * _patience(t - track.first_seen) >= p.enter_rssi:
-            out.append(self._enter(track, t))
+        elif (
+            track.pending is not None
+            or mean - margin * _patience(t - track.first_seen) >= p.enter_rssi
+        ):
+            if track.pending is not None and mean >= p.exit_rssi:
+                track.last_inside = t  # waiting for its link, but inside all the same
+            entry = self._try_enter(track, t)
+            if entry is not None:
+                out.append(entry)
         self._checkin(track, s, mean, out)
         return out
+
+    def _update(self, track: _Track, s: Sighting, out: list[PresenceEvent | CheckIn]) -> None:
+        """Add a sighting of a known device to its track."""
+        p = self.policy
+        t = s.t
+        if s.address != track.address:  # Bluezone Android: a new advertising burst
+            track.address = s.address
+            track.burst_start = t
+        if s.rolling_id != track.rolling_id and s.rolling_id is not None:
+            self._new_id(track, s, out)
+        elif t - (track.last_inside if track.inside else track.t_last) > p.exit_timeout_s:
+            # Nothing put it inside for longer than the timeout (it is only heard weakly
+            # now), or it was silent as long as `expire` takes to forget a device: start
+            # afresh, so that when `expire` last ran does not matter.
+            if track.inside:
+                out.append(self._exit(track))
+            track.restart(t, s.rssi)
+        else:
+            track.add(t, s.rssi, p.smoothing_s)
 
     def _new_id(self, track: _Track, s: Sighting, out: list[PresenceEvent | CheckIn]) -> None:
         """An iPhone (keyed by address) whose rolling ID was learned, or changed."""
@@ -217,7 +339,10 @@ class PresenceTracker:
             track.rolling_id = s.rolling_id  # learned over GATT: the visit goes on, now with it
             track.add(s.t, s.rssi, self.policy.smoothing_s)
             return
-        # A new quarter hour, a new ID: per-ID visits, as for Android phones.
+        # A new quarter hour, a new ID: per-ID visits, as for Android phones. The address is
+        # the same, so the next visit surely continues this one.
+        if track.visit and self.policy.link:
+            track.chain_hint = (track.chain or track.visit, track.rolling_id)
         if track.inside:
             out.append(self._exit(track))
         track.rolling_id = s.rolling_id
@@ -252,16 +377,33 @@ class PresenceTracker:
                 break
             stale.append(key)
         out = []
+        for track in list(self._pending.values()):
+            if now - (track.pending or now) >= self._link.max_wait_s:
+                out.append(self._enter(track, track.pending or now, now))
         for key in stale:
             track = self._tracks.pop(key)
+            if track.pending is not None:  # entered, then silent: in and out at once
+                out.append(self._enter(track, track.pending, now))
             if track.inside:
                 out.append(self._exit(track))
+            if track.visit and not track.claimed and self.policy.link:
+                self._gone.append(track)
+        lookback = now - self._link.lookback_s
+        while self._gone and self._gone[0].t_last < lookback:
+            self._gone.popleft()
         return out
 
     def close(self) -> list[PresenceEvent]:
         """End every open visit at its last sighting inside (end of a replay, shutdown)."""
-        out = [self._exit(track) for track in self._tracks.values() if track.inside]
+        out = [
+            self._enter(track, track.pending, track.t_last)
+            for track in self._pending.values()
+            if track.pending is not None
+        ]
+        out += [self._exit(track) for track in self._tracks.values() if track.inside]
         self._tracks.clear()
+        self._gone.clear()
+        self._pending.clear()
         return out
 
     def _heard_from(self, track: _Track, s: Sighting) -> None:
@@ -288,14 +430,89 @@ class PresenceTracker:
             return None
         return "in" if came_from == "outside" else "out"
 
-    def _enter(self, track: _Track, t: float) -> PresenceEvent:
+    def _try_enter(self, track: _Track, t: float) -> PresenceEvent | None:
+        """Enter, unless the link waits to be decided (then enter later, at ``t``)."""
+        if self.policy.link and track.chain_hint is None:
+            waited = 0.0 if track.pending is None else t - track.pending
+            if waited < self._link.max_wait_s:
+                candidates, _ = self._candidates(track, t)
+                new = self._trail(track)
+                if undecided(new, (self._trail(c) for c in candidates), self._link, self._phase, t):
+                    if track.pending is None:
+                        track.pending = t
+                        track.pending_counts = (track.sightings, track.rssi_max)
+                        self._pending[track.key] = track
+                    return None
+        return self._enter(track, t if track.pending is None else track.pending, t)
+
+    def _enter(self, track: _Track, t: float, now: float | None = None) -> PresenceEvent:
+        """Begin a visit at ``t``; link it as known at ``now`` (default ``t``)."""
         self._visits += 1
         track.visit = self._visits
+        track.chain, track.continues = 0, None
+        counts, track.pending_counts = track.pending_counts, None
+        if track.pending is not None:
+            track.pending = None
+            self._pending.pop(track.key, None)
+        if track.chain_hint is not None:
+            (track.chain, track.continues), track.chain_hint = track.chain_hint, None
+        elif self.policy.link:
+            self._link_to_predecessor(track, t if now is None else now)
         track.inside = True
-        track.last_inside = t
+        # Decided late: it may have been seen inside since it qualified.
+        track.last_inside = t if counts is None else max(t, track.last_inside)
         track.weak_since = None
         track.checked_in = False
-        return self._event(EventType.ENTRY, track, t)
+        entry = self._event(EventType.ENTRY, track, t)
+        if counts is not None:  # decided late: report it as it was when it qualified
+            entry = dataclasses.replace(entry, sightings=counts[0], rssi_max=counts[1])
+        return entry
+
+    def _candidates(self, track: _Track, now: float) -> tuple[list[_Track], list[_Track]]:
+        """Return the keys ``track`` may continue, and the other new keys that may compete."""
+        horizon = now - self._link.lookback_s
+        candidates: dict[str, _Track] = {}
+        rivals: list[_Track] = []
+        for other in self._recent(horizon):
+            if other is track or other.app is not track.app:
+                continue
+            if other.visit and not other.claimed and other.key not in candidates:
+                candidates[other.key] = other
+            if other.born >= horizon and other.continues is None:
+                rivals.append(other)
+        return list(candidates.values()), rivals
+
+    def _link_to_predecessor(self, track: _Track, now: float) -> None:
+        """Give ``track`` the chain of the key it continues, if exactly one fits."""
+        candidates, rivals = self._candidates(track, now)
+        found = find_predecessor(
+            self._trail(track),
+            (self._trail(c) for c in candidates),
+            (self._trail(r) for r in rivals),
+            self._link,
+            self._phase,
+            now,
+        )
+        if found is None:
+            return
+        old = next(c for c in candidates if c.key == found.key)
+        old.claimed = True
+        track.chain = old.chain or old.visit
+        track.continues = old.rolling_id
+
+    def _trail(self, track: _Track) -> Trail:
+        return _trail(track, self.policy.rssi_sigma_db)
+
+    def _recent(self, horizon: float) -> Iterator[_Track]:
+        """Yield tracks heard since ``horizon``, most recent first, then the recently gone."""
+        for other in reversed(self._tracks.values()):
+            if other.t_last < horizon:
+                break
+            yield other
+        for other in reversed(self._gone):
+            if other.t_last < horizon:
+                break
+            yield other
 
     def _exit(self, track: _Track) -> PresenceEvent:
         track.inside = False
@@ -318,6 +535,8 @@ class PresenceTracker:
             last_seen=at,
             checked_in=track.checked_in,
             direction=self._direction(track, kind) if self._roles else None,
+            chain=track.chain,
+            continues=track.continues if kind is EventType.ENTRY else None,
         )
 
     def _checkin(

@@ -14,10 +14,11 @@ seconds). Pairs are taken greedily, largest overlap first.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from gateway.model import EventType, PresenceEvent
 
@@ -140,3 +141,137 @@ def score(
 def truth_visits(records: Iterable[Any]) -> list[Visit]:
     """Convert a simulation's `TruthVisit` objects to scoring visits."""
     return [Visit(v.key, v.start, v.end, v.app.value, v.observable) for v in records]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkScore:
+    """How the linker's decisions (one phone's keys joined into one visit) compare with the truth.
+
+    - precision: links joining two keys of the same person / links made;
+    - recall: true hand-overs bridged / true hand-overs the gateway could bridge: a person's
+      consecutive keys with no gap between them (a rotation while inside), both detected.
+    """
+
+    links: int
+    wrong: int
+    expected: int
+    bridged: int
+
+    @property
+    def precision(self) -> float:
+        """Return correct links / links (1.0 when none were made)."""
+        return (self.links - self.wrong) / self.links if self.links else 1.0
+
+    @property
+    def recall(self) -> float:
+        """Return bridged hand-overs / expected hand-overs (1.0 when none were expected)."""
+        return self.bridged / self.expected if self.expected else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the numbers as JSON-ready values."""
+        return {
+            "link_precision": round(self.precision, 4),
+            "link_recall": round(self.recall, 4),
+            "links": self.links,
+            "wrong_links": self.wrong,
+            "expected": self.expected,
+            "bridged": self.bridged,
+        }
+
+
+class KeyVisit(Protocol):
+    """A true visit of one device key, with the person carrying it (`simulate.TruthVisit`)."""
+
+    person: str
+    key: str
+    start: float
+    end: float
+
+    @property
+    def observable(self) -> bool:
+        """Whether the visit was heard well enough to be detected at all."""
+        ...
+
+
+def score_links(
+    events: Iterable[PresenceEvent],
+    truth: Iterable[KeyVisit],
+    *,
+    handover_s: float = 1.0,
+    slack_s: float = DEFAULT_SLACK_S,
+) -> LinkScore:
+    """Score the links in ``events`` (entries whose chain is an earlier visit's).
+
+    A link is right when the key it continues, the chain's latest key, is the same person's.
+    A true hand-over is two consecutive keys of one person less than ``handover_s`` apart;
+    it is expected to be bridged when both keys have an entry within their true visits
+    (widened by ``slack_s``), and bridged when those entries share a chain.
+    """
+    truth = list(truth)
+    person = {v.key: v.person for v in truth}
+    latest_key: dict[int, str] = {}
+    entries: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    links = wrong = 0
+    for event in events:
+        if event.type is not EventType.ENTRY:
+            continue
+        chain = event.visit_chain
+        if chain != event.visit:
+            links += 1
+            previous = latest_key.get(chain)
+            if previous is None or person.get(previous) != person.get(event.key):
+                wrong += 1
+        latest_key[chain] = event.key
+        entries[event.key].append((event.at, chain))
+    by_person: dict[str, list[KeyVisit]] = defaultdict(list)
+    for visit in truth:
+        by_person[visit.person].append(visit)
+    expected = bridged = 0
+    for visits in by_person.values():
+        visits.sort(key=lambda v: v.start)
+        for a, b in itertools.pairwise(visits):
+            if a.key == b.key or b.start - a.end > handover_s:
+                continue
+            before = [c for at, c in entries[a.key] if a.start - slack_s <= at <= a.end + slack_s]
+            after = [c for at, c in entries[b.key] if b.start - slack_s <= at <= b.end + slack_s]
+            if not before or not after:
+                continue
+            expected += 1
+            bridged += before[-1] == after[0]
+    return LinkScore(links, wrong, expected, bridged)
+
+
+def count_error(
+    events: Iterable[PresenceEvent], truth: Iterable[KeyVisit], *, step_s: float = 60.0
+) -> dict[str, float]:
+    """Compare the people inside, sampled every ``step_s``, with the truth.
+
+    Detected people: distinct chains among the visits open at the sample time; detected IDs:
+    distinct keys. Truth: distinct people with an observable key visit at that time.
+    """
+    spans: list[tuple[float, float, int, str]] = []
+    open_at: dict[int, PresenceEvent] = {}
+    for event in events:
+        if event.type is EventType.ENTRY:
+            open_at[event.visit] = event
+        elif (entry := open_at.pop(event.visit, None)) is not None:
+            spans.append((entry.at, event.at, event.visit_chain, event.key))
+    true_spans = [(v.start, v.end, v.person) for v in truth if v.observable]
+    if not spans or not true_spans:
+        return {"samples": 0, "mean_true": 0.0, "people_mae": 0.0, "ids_mae": 0.0}
+    t, end = min(s[0] for s in spans), max(s[1] for s in spans)
+    samples = people_err = ids_err = true_sum = 0.0
+    while t <= end:
+        true_n = len({p for a, b, p in true_spans if a <= t < b})
+        inside = [(chain, key) for a, b, chain, key in spans if a <= t < b]
+        people_err += abs(len({c for c, _ in inside}) - true_n)
+        ids_err += abs(len({k for _, k in inside}) - true_n)
+        true_sum += true_n
+        samples += 1
+        t += step_s
+    return {
+        "samples": int(samples),
+        "mean_true": round(true_sum / samples, 2),
+        "people_mae": round(people_err / samples, 3),
+        "ids_mae": round(ids_err / samples, 3),
+    }

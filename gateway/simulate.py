@@ -25,6 +25,10 @@ its adverts were delivered while it was surely inside (`Scenario.sure_m`). A vis
 than `MIN_OBSERVABLE` such adverts (a phone that passed during its advertising pause, or was
 heard only at the blurred edge of the zone) could not be told from noise by any receiver and
 is marked ``observable: false``; scores report recall over observable visits and over all.
+
+With ``reference_m`` set, a Bluezone Android phone with the app open is also held that far from
+the gateway for the whole run: the recording ``bluezone-gateway calibrate`` fits the radio
+model to. It is a measuring device, not a visitor, so it has no place in the truth.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any, Final
 
 from gateway import decode, rolling
 from gateway.model import Advert, App, Platform
+from gateway.rolling import SLOT_S
 
 MIN_OBSERVABLE: Final = 3
 """Delivered adverts inside the zone below which a visit is unobservable (at σ >= 5 dB)."""
@@ -53,6 +58,9 @@ DOOR_Y: Final = -12.0
 OFFICE_Y: Final = 12.0
 ADV_JITTER_S: Final = 0.01
 """advDelay: 0-10 ms random delay added to every advertising event (Core spec Vol 6 B 4.4.2.2)."""
+MAX_ZONE_M: Final = 6.0
+"""Lobby waiting spots lie 2-3.5 zone radii away and their path from the door (12 m away) must
+keep 2 radii off: beyond about 6 m no such spot exists on this floor plan."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +82,30 @@ class Radio:
     """Probability an advert is not received."""
     sensitivity_dbm: float = -100.0
 
+    @property
+    def sigma_db(self) -> float:
+        """Return the spread of one still phone's RSSI about the model: noise and fading.
+
+        This is what `gateway.calibrate` measures as ``sigma_db``: over a recording of tens of
+        seconds the slow fading (``fading_s`` = 3 s) is sampled many times, so it adds to the
+        per-advert noise like an independent term.
+        """
+        return math.hypot(self.noise_db, self.fading_db)
+
+    @staticmethod
+    def noise_for(sigma_db: float, fading_db: float) -> float:
+        """Return the per-advert noise that, with ``fading_db`` of fading, spreads ``sigma_db``.
+
+        The inverse of `sigma_db`, for replaying a calibration in the simulator.
+
+        Raises:
+            ValueError: ``sigma_db`` is not above ``fading_db``.
+        """
+        if not sigma_db > fading_db:
+            msg = f"sigma_db ({sigma_db}) must be above the fading σ ({fading_db} dB)"
+            raise ValueError(msg)
+        return math.sqrt(sigma_db * sigma_db - fading_db * fading_db)
+
     def mean_rssi(self, distance_m: float) -> float:
         """Return the model's mean RSSI at ``distance_m``."""
         return self.rssi_1m - 10 * self.path_loss_exponent * math.log10(max(distance_m, 0.05))
@@ -81,6 +113,14 @@ class Radio:
     def distance(self, rssi: float) -> float:
         """Return the distance at which the mean RSSI is ``rssi`` (the model's inverse)."""
         return 10 ** ((self.rssi_1m - rssi) / (10 * self.path_loss_exponent))
+
+    def sample(
+        self, rng: random.Random, distance_m: float, offset_db: float, fading_db: float
+    ) -> int:
+        """Return one advert's RSSI at ``distance_m``: the mean, the offsets and the noise."""
+        return round(
+            self.mean_rssi(distance_m) + offset_db + fading_db + rng.gauss(0, self.noise_db)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +135,14 @@ class Scenario:
     radio: Radio = field(default_factory=Radio)
     fixed_devices: int = 4
     """Unrelated devices standing in the lobby for the whole run (wearables, beacons)."""
+    reference_m: float | None = None
+    """A Bluezone Android phone, app open, held this far away for the whole run (calibration)."""
+    staff: int = 0
+    """People who sit inside the zone for the whole run (the guard, the receptionist): their
+    phones rotate ID and address many times while inside (linking, issue 10)."""
+    boundary_crowd: int = 0
+    """Extra people arriving around each quarter hour (from 60 s before to 30 s after), so
+    that crowds pass while phones rotate their IDs."""
 
     @property
     def sure_m(self) -> float:
@@ -111,6 +159,18 @@ class Scenario:
         """Reject scenarios that cannot be simulated."""
         if self.people < 0 or self.minutes <= 0 or self.zone_m <= 0:
             msg = "people must be >= 0, minutes and zone_m > 0"
+            raise ValueError(msg)
+        if self.staff < 0 or self.boundary_crowd < 0:
+            msg = "staff and boundary_crowd must be >= 0"
+            raise ValueError(msg)
+        if self.zone_m > MAX_ZONE_M:
+            msg = (
+                f"zone_m = {self.zone_m} is too large for the simulated lobby (at most"
+                f" {MAX_ZONE_M} m: the door is 12 m away and people wait 2-3.5 radii off)"
+            )
+            raise ValueError(msg)
+        if self.reference_m is not None and not self.reference_m > 0:
+            msg = f"reference_m must be > 0, got {self.reference_m}"
             raise ValueError(msg)
 
 
@@ -214,10 +274,16 @@ def _bluezone_ios(foreground: bool, other_app: bool) -> Payload:
 class _Phone:
     """A person's phone: which app it runs and its advertising windows over the visit."""
 
-    def __init__(self, rng: random.Random, t0: float, t1: float) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        t0: float,
+        t1: float,
+        choice: tuple[App | None, Platform | None, str] | None = None,
+    ) -> None:
         self.app: App | None
         self.platform: Platform | None
-        self.app, self.platform, self.mode = self._choose(rng)
+        self.app, self.platform, self.mode = choice or self._choose(rng)
         self.windows = sorted(self._windows(rng, t0, t1), key=lambda w: w.start)
 
     @staticmethod
@@ -303,13 +369,21 @@ def _rotations(
 class _Person:
     """One person: a path across the floor plan and a phone."""
 
-    def __init__(self, index: int, sc: Scenario, rng: random.Random) -> None:
+    def __init__(
+        self, index: int, sc: Scenario, rng: random.Random, arrival: float | None = None
+    ) -> None:
         self.name = f"p{index:05d}"
         self.rng = rng
         self.sc = sc
         self.end = sc.start + sc.minutes * 60
-        self.kind = rng.choices(("desk", "pass", "linger"), (0.55, 0.25, 0.20))[0]
-        self.path, self.taps = self._walk(sc.start + rng.uniform(0, sc.minutes * 60))
+        self.taps: list[tuple[float, float]] = []
+        if arrival is not None and math.isnan(arrival):  # staff: inside for the whole run
+            self.kind = "staff"
+            self.path = self._sit()
+        else:
+            self.kind = rng.choices(("desk", "pass", "linger"), (0.55, 0.25, 0.20))[0]
+            at = sc.start + rng.uniform(0, sc.minutes * 60) if arrival is None else arrival
+            self.path, self.taps = self._walk(at)
         self.t_start = self.path[0][0]
         self.t_end = min(self.path[-1][0], self.end)
         self.offset_db = rng.uniform(-sc.radio.device_spread_db, sc.radio.device_spread_db)
@@ -349,6 +423,14 @@ class _Person:
                 t += stops[i]
                 path.append((t, x, y))
         return path, taps
+
+    def _sit(self) -> Path:
+        """Seat a member of staff behind the desk, well inside the zone, for the whole run."""
+        r = self.rng.uniform(0.8, 0.6 * self.sc.zone_m)
+        angle = self.rng.uniform(math.pi * 0.2, math.pi * 0.8)  # behind the desk
+        x, y = r * math.cos(angle), r * math.sin(angle)
+        # From before the start (the phone's rotation phase is already under way) to after.
+        return [(self.sc.start - 60.0, x, y), (self.end + 60.0, x, y)]
 
     def _lobby_spot(self, door: tuple[float, float]) -> tuple[float, float]:
         """Pick a waiting spot whose whole path from the door keeps 2 zone radii away."""
@@ -453,9 +535,7 @@ class _Person:
                 fading = a * fading + math.sqrt(1 - a * a) * rng.gauss(0, radio.fading_db)
                 last = t
                 d = self.distance(t, seg)
-                rssi = round(
-                    radio.mean_rssi(d) + self.offset_db + fading + rng.gauss(0, radio.noise_db)
-                )
+                rssi = radio.sample(rng, d, self.offset_db, fading)
                 if rssi >= radio.sensitivity_dbm and rng.random() >= radio.loss:
                     out.append(Advert(t, w.address, min(rssi, 0), None, name, uuids, sdata, mfr))
                     if w.key is not None and d <= sure:
@@ -489,15 +569,54 @@ def _fixed_device(index: int, sc: Scenario, rng: random.Random) -> Iterator[Adve
         t += interval
 
 
+def _reference_phone(sc: Scenario, distance_m: float, rng: random.Random) -> Iterator[Advert]:
+    """Yield the adverts of a Bluezone Android phone, app open, held still ``distance_m`` away.
+
+    The phone of `Radio` itself (no per-phone offset): the one a calibration is made with. It
+    is the same phone in every run (the same rolling IDs), as it is for an operator.
+    """
+    radio = sc.radio
+    end = sc.start + sc.minutes * 60
+    choice = (App.BLUEZONE, Platform.ANDROID, "full")  # the app in front: 60 s on, 5 s off
+    phone = _Phone(random.Random("reference phone"), sc.start, end, choice)
+    out: list[Advert] = []
+    for w in phone.windows:
+        if w.key is None:
+            continue  # the companion iBeacon: not what a calibration measures
+        t = max(w.start, sc.start) + rng.uniform(0, w.interval_s)
+        fading = rng.gauss(0, radio.fading_db)
+        last = t
+        mfr, sdata, uuids, name = w.payload
+        while t < min(w.end, end):
+            a = math.exp(-(t - last) / radio.fading_s)
+            fading = a * fading + math.sqrt(1 - a * a) * rng.gauss(0, radio.fading_db)
+            last = t
+            rssi = radio.sample(rng, distance_m, 0.0, fading)
+            if rssi >= radio.sensitivity_dbm and rng.random() >= radio.loss:
+                out.append(Advert(t, w.address, min(rssi, 0), None, name, uuids, sdata, mfr))
+            t += w.interval_s + rng.uniform(0, ADV_JITTER_S)
+    out.sort(key=lambda a: a.t)
+    yield from out
+
+
 class Simulation:
     """A simulated entrance: `adverts` streams the capture, `truth` lists the visits after it."""
 
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
+        arrivals: list[float | None] = [None] * scenario.people
+        arrivals += [math.nan] * scenario.staff
+        crowd_rng = random.Random(f"crowd {scenario.seed}")
+        first = math.ceil(scenario.start / SLOT_S) * SLOT_S
+        end = scenario.start + scenario.minutes * 60
+        for boundary in itertools.takewhile(lambda b: b < end, itertools.count(first, SLOT_S)):
+            arrivals += [
+                boundary + crowd_rng.uniform(-60, 30) for _ in range(scenario.boundary_crowd)
+            ]
         self._people = sorted(
             (
-                _Person(i, scenario, random.Random(scenario.seed * 1_000_003 + i))
-                for i in range(scenario.people)
+                _Person(i, scenario, random.Random(scenario.seed * 1_000_003 + i), arrival)
+                for i, arrival in enumerate(arrivals)
             ),
             key=lambda p: p.t_start,
         )
@@ -513,6 +632,10 @@ class Simulation:
         counter = itertools.count()
         for i in range(sc.fixed_devices):
             self._push(heap, counter, _fixed_device(i, sc, random.Random(-sc.seed - i - 1)))
+        if sc.reference_m is not None:
+            # Seeded by the distance too: recordings at two distances do not share their noise.
+            rng = random.Random(f"reference {sc.seed} {sc.reference_m}")
+            self._push(heap, counter, _reference_phone(sc, sc.reference_m, rng))
         people = iter(self._people)
         waiting = next(people, None)
         while heap or waiting is not None:

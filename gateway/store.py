@@ -9,6 +9,7 @@ import os
 import sqlite3
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +24,7 @@ _LOGGER = logging.getLogger(__name__)
 EVENT_FIELDS: Final = (
     "id", "seq", "gateway", "site", "type", "ts", "app", "platform", "rolling_id", "rssi_max",
     "sightings", "first_seen", "last_seen", "dwell_s", "entry_id", "checked_in", "clock_synced",
-    "direction",
+    "direction", "visit_id", "continues",
 )  # fmt: skip
 """Keys of an event dict, in the order of the JSON contract."""
 
@@ -109,6 +110,23 @@ def m004_clock_offset(db: Database) -> None:
     db.execute("CREATE INDEX events_unsynced_clock ON events (boot_id) WHERE clock_synced = 0")
 
 
+@_MIGRATIONS()
+def m005_visits(db: Database) -> None:
+    """Add ``visit_id`` (one per phone visit, across its linked keys) and ``continues``.
+
+    Events stored before linking existed are each their own visit: an entry's visit is its own
+    id, an exit's its entry's.
+    """
+    db.execute("ALTER TABLE events ADD COLUMN visit_id TEXT")
+    db.execute("ALTER TABLE events ADD COLUMN continues TEXT")
+    db.execute("UPDATE events SET visit_id = coalesce(entry_id, id)")
+    db.execute("CREATE INDEX events_visit_id ON events (visit_id)")
+
+
+MAX_VISIT_IDS: Final = 50_000
+"""Visits whose id the store remembers for keys that may still continue them (LRU)."""
+
+
 class StoreError(GatewayError):
     """The event store cannot be opened or written."""
 
@@ -147,6 +165,8 @@ class EventStore:
         self._buffer: list[tuple[Any, ...]] = []
         self._buffer_since: float | None = None  # time.monotonic() of the oldest buffered row
         self._open_visits: dict[int, tuple[str, float]] = {}  # visit -> (entry id, entry at)
+        self._visit_ids: OrderedDict[int, str] = OrderedDict()
+        """Chain (the engine's first visit number of a phone's visit) -> its ``visit_id``."""
         self._closed = False
 
     @classmethod
@@ -236,8 +256,9 @@ class EventStore:
                     # no RTC) cannot distort it; equal to exit ts - entry ts while it does not.
                     entry_id, dwell_s = entry[0], round(ev.at - entry[1], 1)
             self._last_seq += 1
+            event_id = _uuid7()
             event: dict[str, Any] = {
-                "id": _uuid7(),
+                "id": event_id,
                 "seq": self._last_seq,
                 "gateway": self._gateway,
                 "site": self._site,
@@ -255,6 +276,8 @@ class EventStore:
                 "checked_in": checked_in,
                 "clock_synced": clock_synced,
                 "direction": ev.direction,
+                "visit_id": self._visit_id(ev, event_id, entry_id),
+                "continues": ev.continues,
             }
             if ev.type is EventType.ENTRY:
                 self._open_visits[ev.visit] = (event["id"], ev.at)
@@ -265,6 +288,20 @@ class EventStore:
             self._buffer_since = time.monotonic()
         self.maybe_flush()
         return stamped
+
+    def _visit_id(self, ev: PresenceEvent, event_id: str, entry_id: str | None) -> str:
+        """Return the ``visit_id`` of an event: the id of its phone visit's first entry."""
+        chain = ev.visit_chain
+        known = self._visit_ids.get(chain)
+        if known is not None:
+            self._visit_ids.move_to_end(chain)
+            return known
+        # A new visit; or one whose first entry was before a restart (or long forgotten).
+        visit_id = entry_id or event_id
+        self._visit_ids[chain] = visit_id
+        if len(self._visit_ids) > MAX_VISIT_IDS:
+            self._visit_ids.popitem(last=False)
+        return visit_id
 
     def maybe_flush(self) -> int:
         """Flush if the buffer is full or older than ``commit_interval_s``; return rows written."""

@@ -358,9 +358,14 @@ class WebView:
                 client.close()
                 _LOGGER.warning("Desk view: a page fell behind and was disconnected")
 
+    def _inside(self) -> tuple[Counter[str], Counter[str]]:
+        """Return app → phones inside (distinct visits) and app → keys inside."""
+        occupants = self._feeds.occupants()
+        people = Counter(app for app, _ in {(o.app.value, o.visit) for o in occupants})
+        return people, Counter(o.app.value for o in occupants)
+
     def _counts(self, now: float) -> dict[str, Any]:
-        present = Counter(o.app.value for o in self._feeds.occupants())
-        return self.desk.counts(now, present)
+        return self.desk.counts(now, *self._inside())
 
     def _status_message(self, now: float) -> dict[str, Any]:
         return {"counts": self._counts(now), "health": self._health_strip()}
@@ -396,13 +401,12 @@ class WebView:
     def snapshot(self) -> dict[str, Any]:
         """Return what a page shows when it connects."""
         now = self._clock()
-        present = Counter(o.app.value for o in self._feeds.occupants())
         return {
             "gateway": self._config.gateway.id,
             "site": self._config.gateway.site,
             "version": __version__,
             "language": self.settings.language,
-            **self.desk.snapshot(now, present),
+            **self.desk.snapshot(now, *self._inside()),
             "health": self._health_strip(),
         }
 
@@ -498,11 +502,16 @@ class WebView:
                 "first_seen": iso_utc(wall(o.first_seen)),
                 "last_seen": iso_utc(wall(o.last_seen)),
                 "rssi_max": o.rssi_max,
+                "visit": o.visit,
             }
             for o in self._feeds.occupants()
         ]
         by_app = Counter(d["app"] for d in devices)
-        return _json({"count": len(devices), "by_app": dict(by_app), "devices": devices})
+        # Keys of one phone (its old and new rolling ID for a moment) share a visit.
+        people = len({d["visit"] for d in devices})
+        return _json(
+            {"count": len(devices), "people": people, "by_app": dict(by_app), "devices": devices}
+        )
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         """Committed events from ``since`` (default: local midnight), oldest first."""
@@ -668,8 +677,13 @@ def _pipeline_metrics(counters: Counters, health: dict[str, Any]) -> Iterator[Me
         "bluezone_gateway_checkins", "Phones held to the gateway", value=counters.checkins
     )
     yield GaugeMetricFamily(
-        "bluezone_gateway_present", "Devices inside the zone now", value=health["present"]
-    )
+        "bluezone_gateway_present", "Phones inside the zone now (linked keys count once)",
+        value=health["present"],
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "bluezone_gateway_present_ids", "Device keys (rolling IDs, addresses) inside the zone now",
+        value=health["present_ids"],
+    )  # fmt: skip
     yield CounterMetricFamily(
         "bluezone_gateway_dropped_adverts", "Adverts dropped: the queue was full",
         value=health["counters"]["dropped_adverts"],

@@ -19,7 +19,7 @@ from gateway.store import EVENT_FIELDS
 
 _SCRIPT = Path(sys.executable).with_name("bluezone-gateway")
 COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "gateway"]
-SUBCOMMANDS = ["run", "decode", "replay", "events", "ids", "simulate"]
+SUBCOMMANDS = ["run", "decode", "replay", "events", "ids", "simulate", "calibrate"]
 SIMULATION = ["--people", "40", "--minutes", "10", "--seed", "5"]
 DAILY_KEY = "4C5224B397F8AB3896781D5AA0F3119F280513F1B592CA280EBDED6357E21084"
 HEX_RE = re.compile(r"^[0-9a-f]+$")
@@ -97,12 +97,13 @@ def replayed(capture: Capture, tmp_path_factory: pytest.TempPathFactory) -> Repl
 
 
 def comparable(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Events without their random UUIDs: entry_id becomes the seq of the entry it names."""
+    """Events without their random UUIDs: entry_id and visit_id become the seqs they name."""
     seq_of = {e["id"]: e["seq"] for e in events}
     return [
         {
             **{k: v for k, v in e.items() if k != "id"},
             "entry_id": e["entry_id"] and seq_of[e["entry_id"]],
+            "visit_id": seq_of[e["visit_id"]],
         }
         for e in events
     ]

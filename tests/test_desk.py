@@ -133,12 +133,13 @@ def test_counts_by_app_for_the_last_hour_and_today():
         ],
         now,
     )
-    counts = d.counts(now, {"bluezone": 3, "gaen": 1})
+    counts = d.counts(now, {"bluezone": 3, "gaen": 1}, {"bluezone": 4, "gaen": 1})
     assert counts["day"] == "2020-08-08"
     assert counts["bluezone"] == {
-        "present": 3, "hour": {"entry": 1, "exit": 1}, "today": {"entry": 2, "exit": 1},
+        "present": 3, "ids": 4, "hour": {"entry": 1, "exit": 1},
+        "today": {"entry": 2, "exit": 1},
     }  # fmt: skip
-    assert counts["gaen"] == {"present": 1, "hour": {"entry": 1, "exit": 0},
+    assert counts["gaen"] == {"present": 1, "ids": 1, "hour": {"entry": 1, "exit": 0},
                               "today": {"entry": 1, "exit": 0}}  # fmt: skip
     assert counts["bluetrace"]["present"] == 0
     # The hour slides; the day ends at local midnight.

@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from gateway.linker import LinkPolicy, Trail, find_predecessor, fits, quarter_hour_phase
+from gateway.linker import (
+    LinkPolicy,
+    Trail,
+    find_predecessor,
+    fits,
+    quarter_hour_phase,
+    undecided,
+)
 from gateway.model import App, Platform
 
 BOUNDARY = 1_596_870_900.0  # 2020-08-08T07:15:00Z, a quarter hour
@@ -25,16 +32,20 @@ def trail(key: str, first: float, last: float, burst: float | None = None, **kw:
     return Trail(key, first_heard=first, last_heard=last, burst_start=burst or first, **fields)
 
 
-def link(new: Trail, *candidates: Trail, rivals: tuple[Trail, ...] = ()) -> str | None:
-    found = find_predecessor(new, candidates, rivals, POLICY, PHASE)
+def link(
+    new: Trail, *candidates: Trail, rivals: tuple[Trail, ...] = (), wait_s: float = 5.0
+) -> str | None:
+    """Decide ``wait_s`` after the new key was first heard (the old ones stayed silent)."""
+    now = new.first_heard + wait_s
+    found = find_predecessor(new, candidates, rivals, POLICY, PHASE, now)
     return None if found is None else found.key
 
 
 def background_rotation(offset_s: float, key: str, rssi: float = -62.0) -> tuple[Trail, Trail]:
     """A phone whose 15 s burst starts ``offset_s`` before the boundary (0 < offset < 30)."""
     burst = BOUNDARY - offset_s
-    old = trail(f"old-{key}", BOUNDARY - 600, burst + 15, burst=burst, rssi=rssi)
-    new = trail(f"new-{key}", burst + 30.2, burst + 30.2, rssi=rssi + 2)
+    old = trail(f"old-{key}", BOUNDARY - 600, burst + 15, burst=burst, rssi=rssi, rssi_se=0.6)
+    new = trail(f"new-{key}", burst + 30.2, burst + 30.2, rssi=rssi + 1, rssi_se=1.0)
     return old, new
 
 
@@ -52,15 +63,29 @@ def test_bluezone_android_with_the_app_open_is_linked_after_its_65_s_cycle():
 
 def test_several_phones_rotating_at_one_boundary_each_find_their_own():
     pairs = [background_rotation(offset, str(offset)) for offset in (3, 9, 16, 24)]
+    pairs += [background_rotation(9.2, "loud", rssi=-50.0)]  # in step with "9", louder
     olds = [old for old, _ in pairs]
     news = [new for _, new in pairs]
     for old, new in pairs:
         assert link(new, *olds, rivals=tuple(news)) == old.key
 
 
-def test_two_phones_in_step_are_not_linked():
-    (old_a, new_a), (old_b, _) = background_rotation(10, "a"), background_rotation(10.5, "b")
+def test_two_phones_in_step_at_one_level_are_not_linked():
+    (old_a, new_a), (old_b, _) = background_rotation(10, "a"), background_rotation(10.1, "b")
     assert link(new_a, old_a, old_b) is None
+
+
+def test_the_link_waits_until_the_old_key_is_surely_silent_and_the_level_settled():
+    t = BOUNDARY + 321
+    old = trail("old", t - 600, t, app=App.GAEN, platform=None)
+    new = trail("new", t + 0.3, t + 0.6, app=App.GAEN, platform=None)
+    assert undecided(new, [old], POLICY, PHASE, now=t + 0.6)  # a gap between adverts, maybe
+    assert not undecided(new, [old], POLICY, PHASE, now=t + 2.0)
+    assert link(new, old, wait_s=0.3) is None
+    assert link(new, old, wait_s=2.0) == "old"
+    (old_a, new_a), (old_b, _) = background_rotation(10, "a"), background_rotation(10.4, "b")
+    rough = new_a._replace(rssi_se=5.0)  # heard once or twice: which of the two is it?
+    assert undecided(rough, [old_a, old_b], POLICY, PHASE, now=rough.first_heard + 5)
 
 
 def test_a_rival_that_fits_the_same_predecessor_blocks_the_link():
@@ -78,6 +103,8 @@ def test_a_rival_that_fits_the_same_predecessor_blocks_the_link():
         ("another app", {"app": App.GAEN}),
         ("another platform", {"platform": Platform.IOS}),
         ("far apart in RSSI", {"rssi": -80.0}),
+        ("quiet since long before the boundary", {"old_quiet_s": 10.0}),
+        ("went quiet outside the zone", {"outside": True}),
         ("not one cycle after the burst", {"new_first": 7.0}),
     ],
 )
@@ -91,6 +118,9 @@ def test_bluezone_android_timing_and_level_must_fit(why, change):
     )
     if "old_heard_after_s" in change:  # still heard after the new key began: two phones
         old = old._replace(last_heard=new.first_heard + shift + change["old_heard_after_s"])
+    if "old_quiet_s" in change:  # its burst ended early: it walked off
+        old = old._replace(last_heard=old.last_heard - change["old_quiet_s"])
+    old = old._replace(inside_at_end=not change.get("outside", False))
     new = new._replace(
         first_heard=new.first_heard + shift + change.get("new_first", 0.0),
         app=change.get("app", new.app),
@@ -115,14 +145,23 @@ def test_an_old_burst_that_began_after_the_boundary_is_not_a_rotation():
         (App.GAEN, None, 5.0, False),
         (App.BLUEZONE, Platform.IOS, 2.5, True),
         (App.BLUEZONE, Platform.IOS, 4.0, False),
-        (App.BLUETRACE, None, 6.0, True),
-        (App.BLUETRACE, None, 9.0, False),
     ],
 )
 def test_keys_that_rotate_without_a_pause_hand_over_within_a_gap(app, platform, gap_s, linked):
     t = BOUNDARY + 321  # any time: these rotate on their own schedule
     old = trail("old", t - 600, t, app=app, platform=platform)
     new = trail("new", t + gap_s, t + gap_s + 5, app=app, platform=platform)
+    assert (link(new, old) == "old") is linked
+
+
+@pytest.mark.parametrize(
+    ("burst_s", "gap_s", "linked"),
+    [(185.5, 6.0, True), (185.5, 12.0, False), (190.0, 6.0, False)],
+)
+def test_bluetrace_changes_address_one_185_s_cycle_after_its_last(burst_s, gap_s, linked):
+    t = BOUNDARY + 321
+    old = trail("old", t - burst_s, t - gap_s, app=App.BLUETRACE, platform=None)
+    new = trail("new", t, t + 2, app=App.BLUETRACE, platform=None)
     assert (link(new, old) == "old") is linked
 
 
@@ -136,11 +175,13 @@ def test_two_adapters_must_have_heard_both_keys_on_one_side():
 
 def test_a_disabled_policy_links_nothing():
     old, new = background_rotation(10, "a")
-    assert fits(new, old, POLICY, PHASE)
-    assert find_predecessor(new, [old], [], LinkPolicy(enabled=False), PHASE) is None
+    now = new.first_heard + 5
+    assert fits(new, old, POLICY, PHASE, now)
+    assert find_predecessor(new, [old], [], LinkPolicy(enabled=False), PHASE, now) is None
+    assert not undecided(new, [old], LinkPolicy(enabled=False), PHASE, new.first_heard)
 
 
 def test_policy_rejects_non_positive_durations():
     with pytest.raises(ValueError, match="handover_gap_s"):
         LinkPolicy(handover_gap_s=0)
-    assert LinkPolicy().lookback_s == pytest.approx(137.0)
+    assert LinkPolicy().lookback_s == pytest.approx(136.0)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.model import CheckIn, EventType, Platform, PresenceEvent
+from gateway.linker import LinkPolicy
+from gateway.model import App, CheckIn, EventType, Platform, PresenceEvent
 from gateway.presence import PresenceTracker
 from tests.factories import kinds, policy, sighting
 
@@ -269,3 +272,92 @@ def test_an_iphone_new_quarter_hour_id_splits_the_visit():
         ("entry", B),
         ("exit", B),
     ]
+
+
+BOUNDARY = 1_596_870_900.0  # a quarter hour (UTC): Bluezone phones take new IDs after it
+
+
+def android_bursts(
+    rid_before: str, rid_after: str, phase: float, until: float, rssi: int = -62
+) -> list:
+    """A seated Bluezone Android phone: 15 s bursts every 30 s, ``phase`` s before the boundary.
+
+    Every burst has a new address; the first burst that starts after the boundary carries the
+    new rolling ID.
+    """
+    out = []
+    start, n = BOUNDARY - phase - 90, 0
+    while start < until:
+        rid = rid_before if start < BOUNDARY else rid_after
+        address = f"5A:1F:33:0C:{n // 256:02X}:{n % 256:02X}"
+        t = start
+        while t < start + 15:
+            out.append(sighting(rid, rssi, t)._replace(address=address))
+            t += 0.1
+        start, n = start + 30, n + 1
+    return out
+
+
+def run(tracker, samples, until):
+    events = []
+    for s in sorted(samples, key=lambda s: s.t):
+        events += [e for e in tracker.observe(s) if isinstance(e, PresenceEvent)]
+        events += tracker.expire(s.t)
+    events += tracker.expire(until)
+    return events
+
+
+def test_a_rotated_rolling_id_continues_the_phones_visit():
+    old, new, other_old, other_new = "0a" * 12, "0b" * 12, "0c" * 12, "0d" * 12
+    samples = android_bursts(old, new, phase=10, until=BOUNDARY + 120)
+    # Another phone, seated further away, rotating 6 s later in its own rhythm.
+    samples += android_bursts(other_old, other_new, phase=4, until=BOUNDARY + 120, rssi=-70)
+    events = run(PresenceTracker(policy()), samples, BOUNDARY + 200)
+    entries = {e.key: e for e in events if e.type is EventType.ENTRY}
+    exits = {e.key: e for e in events if e.type is EventType.EXIT}
+    # Per ID the events are as before: the old ID's visit ends, the new one's begins ...
+    assert set(entries) == set(exits) == {old, new, other_old, other_new}
+    # ... and the new ID says which it continues, sharing the visit.
+    assert entries[new].continues == old
+    assert entries[new].visit_chain == entries[old].visit == exits[old].visit_chain
+    assert exits[new].visit_chain == entries[old].visit
+    assert entries[other_new].continues == other_old
+    assert entries[other_new].visit_chain == entries[other_old].visit != entries[old].visit
+    assert entries[old].continues is None
+
+
+def test_linking_off_changes_nothing_but_the_visit_fields():
+    old, new = "0a" * 12, "0b" * 12
+    samples = android_bursts(old, new, phase=10, until=BOUNDARY + 120)
+    linked = run(PresenceTracker(policy()), samples, BOUNDARY + 200)
+    plain = run(PresenceTracker(policy(link=False)), samples, BOUNDARY + 200)
+    assert [e.continues for e in plain] == [None] * 4
+    assert [e.chain for e in plain] == [0] * 4
+    unlinked = [dataclasses.replace(e, chain=0, continues=None) for e in linked]
+    assert unlinked == plain
+    assert [e.continues for e in linked] != [None] * 4
+
+
+def gaen(rpi: str, rssi: int, at: float):
+    return sighting(rpi, rssi, at, App.GAEN, None)._replace(rolling_id=rpi)
+
+
+def test_a_gaen_phone_that_rotates_waits_a_moment_then_continues():
+    old, new = "1a" * 16, "1b" * 16
+    t0 = BOUNDARY + 300
+    samples = [gaen(old, -60, t0 + i * 0.25) for i in range(400)]
+    old_last = samples[-1].t
+    handover = t0 + 100
+    samples += [gaen(new, -61, handover + 0.3 + i * 0.25) for i in range(200)]
+    tracker = PresenceTracker(policy())
+    events = []
+    for s in samples:
+        out = [e for e in tracker.observe(s) if isinstance(e, PresenceEvent)]
+        events += out
+        if s.key == new and s.t - old_last < LinkPolicy().gaen_silence_s:
+            # Maybe just a gap between the old key's adverts: the entry waits.
+            assert not [e for e in out if e.key == new]
+        events += tracker.expire(s.t)
+    [entry] = [e for e in events if e.key == new and e.type is EventType.ENTRY]
+    assert entry.continues == old
+    assert entry.at == pytest.approx(handover + 0.3, abs=0.3)  # stamped when it qualified

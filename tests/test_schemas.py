@@ -44,6 +44,8 @@ ENTRY: dict[str, Any] = {
     "checked_in": None,
     "clock_synced": True,
     "direction": None,
+    "visit_id": "0173ccde-bc1f-7269-b2a7-4de452e6b438",
+    "continues": None,
 }
 EXIT: dict[str, Any] = {
     **ENTRY,
@@ -77,6 +79,7 @@ HEALTH: dict[str, Any] = {
     "clock_synced": True,
     "disk_free_mb": 24576.3,
     "present": 3,
+    "present_ids": 4,
     "adverts_per_s": 41.7,
     "outbox": {
         "depth": 1280,
@@ -149,6 +152,16 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("event", {**ENTRY, "platform": "ios", "rolling_id": None}),  # iPhone before its GATT read
+    (  # the phone's next rolling ID, linked to its previous one
+        "event",
+        {
+            **ENTRY,
+            "id": "0173cce7-0000-7000-8000-000000000000",
+            "seq": 57,
+            "rolling_id": "0123456789abcdef01234567",
+            "continues": ENTRY["rolling_id"],
+        },
+    ),
     ("event", {**EXIT, "app": "bluetrace", "rolling_id": None, "entry_id": None, "dwell_s": None}),
     ("status", ONLINE),
     ("status", OFFLINE),
@@ -361,6 +374,10 @@ BROKEN: list[tuple[str, dict[str, Any], str, Any, str]] = [
     ("event", ENTRY, "seq", 41.5, "seq"),
     ("event", ENTRY, "id", ..., "id"),
     ("event", ENTRY, "direction", ..., "direction"),
+    ("event", ENTRY, "visit_id", ..., "visit_id"),
+    ("event", ENTRY, "visit_id", "gw-001:41", "visit_id"),
+    ("event", EXIT, "continues", "b9a665d754fe65e665d76a45", "continues"),  # entries only
+    ("event", ENTRY, "continues", "B9A665D754FE65E665D76A45", "continues"),
     ("event", ENTRY, "id", "not-a-uuid", "id"),
     ("event", ENTRY, "id", "0173ccde-bc1f-4269-b2a7-4de452e6b438", "id"),  # a UUIDv4
     ("event", ENTRY, "gateway", "gw/001", "gateway"),  # would break the topic tree

@@ -25,7 +25,7 @@ from tests._store_writer import EVENTS_PER_FLUSH
 CONTRACT_KEYS = [
     "id", "seq", "gateway", "site", "type", "ts", "app", "platform", "rolling_id", "rssi_max",
     "sightings", "first_seen", "last_seen", "dwell_s", "entry_id", "checked_in", "clock_synced",
-    "direction",
+    "direction", "visit_id", "continues",
 ]  # fmt: skip
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 T0_UNIX = 1_596_870_000.0  # 2020-08-08T07:00:00Z
@@ -109,6 +109,9 @@ def test_contract(store: EventStore) -> None:
         assert isinstance(event["sightings"], int)
         assert event["clock_synced"] is True
     assert [entry["seq"], exit_["seq"]] == [1, 2]
+    # One key, not linked: the visit is the entry's.
+    assert entry["visit_id"] == exit_["visit_id"] == entry["id"]
+    assert entry["continues"] is exit_["continues"] is None
     assert entry["ts"] == "2020-08-08T07:00:01.123Z"
     assert entry["first_seen"] == "2020-08-08T07:00:00.500Z"
     assert exit_["last_seen"] == iso_utc(wall(95.0))
@@ -503,3 +506,45 @@ def test_on_commit_reports_each_commits_duration_and_rows(store):
     store.flush()  # nothing buffered: no commit, no call
     assert [rows for _, rows in commits] == [2]
     assert commits[0][0] > 0
+
+
+def test_linked_keys_share_the_visit_id_of_the_first_entry(store: EventStore) -> None:
+    old_id, new_id = "0a" * 12, "0b" * 12
+    store.append(
+        [
+            presence(EventType.ENTRY, visit=1, at=10.0, rolling_id=old_id, key=old_id),
+            # The phone's next rolling ID enters, linked by the engine (chain = visit 1) ...
+            presence(
+                EventType.ENTRY, visit=2, at=40.0, rolling_id=new_id, key=new_id, chain=1,
+                continues=old_id,
+            ),
+            # ... then the old ID times out, and later the new one leaves.
+            presence(EventType.EXIT, visit=1, at=30.0, rolling_id=old_id, key=old_id),
+            presence(EventType.EXIT, visit=2, at=70.0, rolling_id=new_id, key=new_id, chain=1),
+            presence(EventType.ENTRY, visit=3, at=80.0),  # someone else
+        ],
+        wall=wall,
+        clock_synced=True,
+    )  # fmt: skip
+    store.flush()
+    first, second, first_exit, second_exit, other = store.events()
+    assert {e["visit_id"] for e in (first, second, first_exit, second_exit)} == {first["id"]}
+    assert second["continues"] == old_id
+    assert first["continues"] is None
+    assert second_exit["entry_id"] == second["id"]  # the per-key contract is unchanged
+    assert other["visit_id"] == other["id"]
+
+
+def test_migration_gives_old_events_their_own_visits(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with EventStore.open(path, gateway="gw", site="hq") as store:
+        store.append(visit_events(1, 1.0, 5.0), wall=wall, clock_synced=True)
+    # As an older gateway left it: no visit columns yet.
+    with sqlite3.connect(path) as db:
+        db.execute("DROP INDEX events_visit_id")
+        db.execute("ALTER TABLE events DROP COLUMN visit_id")
+        db.execute("ALTER TABLE events DROP COLUMN continues")
+        db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm005_visits'")
+    with EventStore.open(path, gateway="gw", site="hq") as store:
+        entry, exit_ = store.events()
+    assert entry["visit_id"] == exit_["visit_id"] == entry["id"]

@@ -57,7 +57,8 @@ async def test_api_shapes_after_a_phone_is_held_close(tmp_path):
         assert phone["rolling_id"] == ROLLING_ID
         assert phone["platform"] == "android"
         assert set(phone) == {"key", "app", "platform", "rolling_id", "first_seen", "last_seen",
-                              "rssi_max"}  # fmt: skip
+                              "rssi_max", "visit"}  # fmt: skip
+        assert body["people"] == 2  # two phones, not linked: two visits
 
         status, health = await get_json(http, f"{gw.url}/api/status")
         assert status == 200

@@ -20,7 +20,8 @@ const STRINGS = {
     other_app: "ứng dụng khác",
     id: "mã {id}",
     inside: "Trong khu vực",
-    bluezone_devices: "thiết bị có Bluezone",
+    bluezone_devices: "điện thoại có Bluezone",
+    ids_on_air: "{n} mã đang phát",
     entries: "Vào",
     exits: "Ra",
     last_hour: "1 giờ qua",
@@ -70,7 +71,8 @@ const STRINGS = {
     other_app: "another app",
     id: "ID {id}",
     inside: "Inside the zone",
-    bluezone_devices: "devices with Bluezone",
+    bluezone_devices: "phones with Bluezone",
+    ids_on_air: "{n} IDs on air",
     entries: "In",
     exits: "Out",
     last_hour: "Last hour",
@@ -236,6 +238,8 @@ function renderCounts() {
   if (!counts) return;
   const bz = counts.bluezone;
   $("n-present").textContent = number(bz.present);
+  // A phone rotating its ID is heard under both for a moment: people, and IDs beside them.
+  $("n-ids").textContent = bz.ids === bz.present ? "" : t("ids_on_air", { n: number(bz.ids) });
   $("n-in-hour").textContent = number(bz.hour.entry);
   $("n-out-hour").textContent = number(bz.hour.exit);
   $("n-in-today").textContent = number(bz.today.entry);

@@ -11,6 +11,9 @@ Accounts (random passwords in `Broker.passwords`):
     gateways: read and write only ``bluezone/v1/+/<their username>/#``.
 ``central``
     the consumer: reads ``bluezone/v1/#``, writes ``bluezone/v1/+/+/cmd/#``.
+``fleet``
+    many simulated gateways at once (tests of the central collector): publishes what a
+    gateway publishes, reads commands, for any gateway id.
 
 Listeners, all on ``127.0.0.1`` (`Broker.host`):
 
@@ -94,7 +97,8 @@ with contextlib.suppress(ImportError):
 
 GATEWAY_USERS: Final = ("gw-001", "gw-002")
 CENTRAL_USER: Final = "central"
-USERS: Final = (*GATEWAY_USERS, CENTRAL_USER)
+FLEET_USER: Final = "fleet"
+USERS: Final = (*GATEWAY_USERS, CENTRAL_USER, FLEET_USER)
 TOPIC_ROOT: Final = "bluezone/v1"
 HOST: Final = "127.0.0.1"
 DEFAULT_TIMEOUT_S: Final = 5.0
@@ -123,6 +127,14 @@ pattern readwrite bluezone/v1/+/%u/#
 user central
 topic read bluezone/v1/#
 topic write bluezone/v1/+/+/cmd/#
+
+# Simulated gateways (tests of the central collector): any gateway id, a gateway's rights.
+user fleet
+topic write bluezone/v1/+/+/events
+topic write bluezone/v1/+/+/status
+topic write bluezone/v1/+/+/health
+topic write bluezone/v1/+/+/cmd-result
+topic read bluezone/v1/+/+/cmd/#
 """
 
 

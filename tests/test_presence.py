@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.linker import LinkPolicy
-from gateway.model import App, CheckIn, EventType, Platform, PresenceEvent
+from gateway.model import App, CheckIn, EventType, Platform, PresenceEvent, Sighting
 from gateway.presence import PresenceTracker
 from tests.factories import kinds, policy, sighting
 
@@ -279,7 +279,7 @@ BOUNDARY = 1_596_870_900.0  # a quarter hour (UTC): Bluezone phones take new IDs
 
 def android_bursts(
     rid_before: str, rid_after: str, phase: float, until: float, rssi: int = -62
-) -> list:
+) -> list[Sighting]:
     """A seated Bluezone Android phone: 15 s bursts every 30 s, ``phase`` s before the boundary.
 
     Every burst has a new address; the first burst that starts after the boundary carries the

@@ -18,7 +18,8 @@ from gateway.model import iso_utc
 from gateway.trace import BLUEZONE, Visit, load_visits
 
 COLUMNS: Final = (
-    "site", "date", "gateways", "bluezone_ids", "entries", "peak_presence", "peak_at",
+    "site", "date", "gateways", "bluezone_visits", "bluezone_ids", "entries", "peak_presence",
+    "peak_at",
 )  # fmt: skip
 """The report's columns, in order."""
 MIN_VISIT_S: Final = 0.001
@@ -28,8 +29,10 @@ MIN_VISIT_S: Final = 0.001
 def daily(conn: sa.Connection, events: sa.Table, day: date) -> list[dict[str, Any]]:
     """Return one row per site with events on ``day`` (UTC), by site.
 
-    ``bluezone_ids`` counts distinct Bluezone rolling IDs: a phone changes its ID every 15
-    minutes, so this is an upper bound on the phones, not a count of people. ``entries``
+    ``bluezone_visits`` counts distinct Bluezone visits (``visit_id``: a phone's keys linked
+    across its quarter-hour ID rotation, README "Visits"), the people; ``bluezone_ids``
+    counts distinct rolling IDs beside it, an upper bound (a phone changes its ID every 15
+    minutes). ``entries``
     counts entry events of every app. ``peak_presence`` is the most visits (any app, all of
     the site's gateways) open at one moment of the day, and ``peak_at`` its first moment.
     """
@@ -40,6 +43,7 @@ def daily(conn: sa.Connection, events: sa.Table, day: date) -> list[dict[str, An
         sa.select(
             c.site,
             sa.func.count(sa.distinct(c.gateway)),
+            sa.func.count(sa.distinct(sa.case((c.app == BLUEZONE, c.visit_id)))),
             sa.func.count(sa.distinct(sa.case((c.app == BLUEZONE, c.rolling_id)))),
             sa.func.sum(sa.case((c.type == "entry", 1), else_=0)),
         )
@@ -47,11 +51,12 @@ def daily(conn: sa.Connection, events: sa.Table, day: date) -> list[dict[str, An
         .group_by(c.site)
     )
     rows: dict[str, dict[str, Any]] = {}
-    for site, gateway_count, ids, entries in conn.execute(query):
+    for site, gateway_count, visits, ids, entries in conn.execute(query):
         rows[site] = {
             "site": site,
             "date": day.isoformat(),
             "gateways": gateway_count,
+            "bluezone_visits": visits,
             "bluezone_ids": ids,
             "entries": int(entries or 0),
             "peak_presence": 0,
@@ -63,8 +68,8 @@ def daily(conn: sa.Connection, events: sa.Table, day: date) -> list[dict[str, An
     for site, visits in by_site.items():
         row = rows.setdefault(
             site,
-            {"site": site, "date": day.isoformat(), "gateways": 0, "bluezone_ids": 0,
-             "entries": 0, "peak_presence": 0, "peak_at": None},
+            {"site": site, "date": day.isoformat(), "gateways": 0, "bluezone_visits": 0,
+             "bluezone_ids": 0, "entries": 0, "peak_presence": 0, "peak_at": None},
         )  # fmt: skip
         peak, at = peak_presence(visits, lo, hi)
         row.update(peak_presence=peak, peak_at=None if at is None else iso_utc(at))

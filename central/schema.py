@@ -41,6 +41,7 @@ events = sa.Table(
     sa.Column("app", sa.String(16), nullable=False),
     sa.Column("rolling_id", sa.String(32)),
     sa.Column("entry_id", sa.String(36)),
+    sa.Column("visit_id", sa.String(36), comment="the phone's visit: its keys linked"),
     sa.Column("dwell_s", UNIX),
     sa.Column("clock_synced", sa.Boolean, nullable=False),
     sa.Column("received_at", UNIX, nullable=False, comment="when a collector stored this copy"),
@@ -52,6 +53,7 @@ events = sa.Table(
     sa.Index(None, "ts_unix"),
     sa.Index(None, "gateway", "seq"),
     sa.Index(None, "entry_id"),
+    sa.Index(None, "visit_id"),
 )
 
 quarantine = sa.Table(

@@ -36,7 +36,9 @@ SQLITE_BUSY_TIMEOUT_S: Final = 30.0
 """How long a SQLite writer waits for another (a second collector, a migration)."""
 MIGRATION_LOCK: Final = 0x426C7A43  # "BlzC": pg_advisory_xact_lock key for migrations
 IN_CHUNK: Final = 500
-_FIELDS: Final = ("gateway", "site", "seq", "type", "app", "rolling_id", "entry_id", "dwell_s")
+_FIELDS: Final = (
+    "gateway", "site", "seq", "type", "app", "rolling_id", "entry_id", "visit_id", "dwell_s",
+)  # fmt: skip
 
 
 class StoreError(GatewayError):

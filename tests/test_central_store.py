@@ -7,6 +7,7 @@ events, ids and seqs included.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from central import gaps as g
+from central import report, schema
 from central.store import Batch, CentralStore, StoreError, check_schema, create_engine, migrate
 from gateway.model import iso_utc
 from gateway.store import EventStore
@@ -203,7 +205,7 @@ def test_check_schema_refuses_an_empty_database(tmp_path: Path) -> None:
 
 
 def test_migrate_twice_is_harmless(central: CentralStore) -> None:
-    assert migrate(central.engine) == "0001"
+    assert migrate(central.engine) == "0002"
 
 
 def test_read_only_sqlite_cannot_write(tmp_path: Path) -> None:
@@ -274,3 +276,17 @@ def test_due() -> None:
     assert not g.due(asked, 459.0, grace_s=60, retry_s=300)
     assert g.due(asked, 460.0, grace_s=60, retry_s=300)
     assert not g.due(g.Gap(1, 2, g.LOST, 0.0), 1e9, grace_s=60, retry_s=300)
+
+
+def test_the_daily_report_counts_people_by_visit_and_ids_beside(
+    central: CentralStore, gateway_events: list[dict[str, Any]]
+) -> None:
+    # As if the gateway had linked the keys of visits 1-4 to visit 0's phone (README, Visits).
+    first_visit = gateway_events[0]["visit_id"]
+    linked = [
+        {**e, "visit_id": first_visit} if 2 <= i < 10 else e for i, e in enumerate(gateway_events)
+    ]
+    ingest(central, linked)
+    with central.engine.connect() as conn:
+        [row] = report.daily(conn, schema.events, date(2020, 8, 8))
+    assert (row["bluezone_visits"], row["bluezone_ids"], row["entries"]) == (6, 10, 10)

@@ -253,10 +253,13 @@ def test_report_per_site_and_day(central_db: str, capsys: pytest.CaptureFixture[
     rows = [orjson.loads(line) for line in out.splitlines()]
     assert rows == [
         # F0's 4 IDs, P5, P8; entries: F0 twice, P5, P8; at 07:48 F0, P5 and P8 are inside.
-        {"site": "branch", "date": "2020-08-08", "gateways": 1, "bluezone_ids": 4,
+        # No phone stays through a quarter hour: as many visits as IDs.
+        {"site": "branch", "date": "2020-08-08", "gateways": 1, "bluezone_visits": 4,
+         "bluezone_ids": 4,
          "entries": 4, "peak_presence": 3, "peak_at": "2020-08-08T07:48:00.000Z"},
         # F0's 2 IDs here, P1-P4, P6; entries: those 7 and G1; F0, P1 and G1 at 07:05.
-        {"site": "hq", "date": "2020-08-08", "gateways": 2, "bluezone_ids": 7,
+        {"site": "hq", "date": "2020-08-08", "gateways": 2, "bluezone_visits": 7,
+         "bluezone_ids": 7,
          "entries": 8, "peak_presence": 3, "peak_at": "2020-08-08T07:05:00.000Z"},
     ]  # fmt: skip
     out = run_cli(
@@ -265,9 +268,10 @@ def test_report_per_site_and_day(central_db: str, capsys: pytest.CaptureFixture[
         capsys,
     )
     assert out.splitlines()[0] == ",".join(
-        ("site", "date", "gateways", "bluezone_ids", "entries", "peak_presence", "peak_at")
-    )
-    assert out.splitlines()[1].startswith("branch,2020-08-08,1,4,4,3,")
+        ("site", "date", "gateways", "bluezone_visits", "bluezone_ids", "entries",
+         "peak_presence", "peak_at")
+    )  # fmt: skip
+    assert out.splitlines()[1].startswith("branch,2020-08-08,1,4,4,4,3,")
 
 
 def test_trace_on_a_day_without_the_f0(central_db: str, capsys: pytest.CaptureFixture[str]) -> None:

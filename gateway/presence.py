@@ -257,6 +257,8 @@ class PresenceTracker:
         self._link = link or LinkPolicy()
         self._gone: deque[_Track] = deque()
         """Tracks forgotten by `expire` lately: a new key may still continue them."""
+        self._young: deque[_Track] = deque()
+        """Tracks first heard within the linker's look-back, oldest first: the possible rivals."""
         self._pending: dict[str, _Track] = {}
         """Tracks whose entry waits for the link to be decided (`_try_enter`)."""
 
@@ -288,6 +290,8 @@ class PresenceTracker:
         track = self._tracks.get(s.key)
         if track is None:
             track = self._tracks[s.key] = _Track(s)
+            if p.link:
+                self._young.append(track)
             if len(self._tracks) > p.max_devices:
                 _, evicted = self._tracks.popitem(last=False)
                 if evicted.inside:
@@ -388,10 +392,15 @@ class PresenceTracker:
                 out.append(self._exit(track))
             if track.visit and not track.claimed and self.policy.link:
                 self._gone.append(track)
-        lookback = now - self._link.lookback_s
+        self._trim_link_memory(now - self._link.lookback_s)
+        return out
+
+    def _trim_link_memory(self, lookback: float) -> None:
+        """Forget keys too old to be continued, or to compete, any more."""
         while self._gone and self._gone[0].t_last < lookback:
             self._gone.popleft()
-        return out
+        while self._young and self._young[0].born < lookback:
+            self._young.popleft()
 
     def close(self) -> list[PresenceEvent]:
         """End every open visit at its last sighting inside (end of a replay, shutdown)."""
@@ -403,6 +412,7 @@ class PresenceTracker:
         out += [self._exit(track) for track in self._tracks.values() if track.inside]
         self._tracks.clear()
         self._gone.clear()
+        self._young.clear()
         self._pending.clear()
         return out
 
@@ -472,14 +482,22 @@ class PresenceTracker:
         """Return the keys ``track`` may continue, and the other new keys that may compete."""
         horizon = now - self._link.lookback_s
         candidates: dict[str, _Track] = {}
-        rivals: list[_Track] = []
-        for other in self._recent(horizon):
-            if other is track or other.app is not track.app:
-                continue
-            if other.visit and not other.claimed and other.key not in candidates:
+        for other in self._silent_since(track.born + self._link.overlap_s, horizon):
+            if (
+                other is not track
+                and other.app is track.app
+                and other.visit
+                and not other.claimed
+                and other.key not in candidates
+            ):
                 candidates[other.key] = other
-            if other.born >= horizon and other.continues is None:
-                rivals.append(other)
+        while self._young and self._young[0].born < horizon:
+            self._young.popleft()
+        rivals = [
+            other
+            for other in self._young
+            if other is not track and other.app is track.app and other.continues is None
+        ]
         return list(candidates.values()), rivals
 
     def _link_to_predecessor(self, track: _Track, now: float) -> None:
@@ -503,16 +521,22 @@ class PresenceTracker:
     def _trail(self, track: _Track) -> Trail:
         return _trail(track, self.policy.rssi_sigma_db)
 
-    def _recent(self, horizon: float) -> Iterator[_Track]:
-        """Yield tracks heard since ``horizon``, most recent first, then the recently gone."""
-        for other in reversed(self._tracks.values()):
-            if other.t_last < horizon:
+    def _silent_since(self, since: float, horizon: float) -> Iterator[_Track]:
+        """Yield tracks last heard between ``horizon`` and ``since``: the keys that fell quiet.
+
+        Tracks are ordered by when they were last heard, so this walks only the quiet ones
+        (``expire`` keeps them few), never the thousands still on the air.
+        """
+        for other in self._tracks.values():
+            if other.t_last > since:
                 break
-            yield other
+            if other.t_last >= horizon:
+                yield other
         for other in reversed(self._gone):
             if other.t_last < horizon:
                 break
-            yield other
+            if other.t_last <= since:
+                yield other
 
     def _exit(self, track: _Track) -> PresenceEvent:
         track.inside = False

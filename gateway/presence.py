@@ -482,7 +482,11 @@ class PresenceTracker:
         """Return the keys ``track`` may continue, and the other new keys that may compete."""
         horizon = now - self._link.lookback_s
         candidates: dict[str, _Track] = {}
-        for other in self._silent_since(track.born + self._link.overlap_s, horizon):
+        # A Bluezone Android phone's old ID fell quiet a pause before its new one began: only
+        # the keys quiet since then qualify (few), not all those heard a moment ago.
+        android = track.app is App.BLUEZONE and track.platform is Platform.ANDROID
+        since = track.born - (self._link.android_gap_s if android else -self._link.overlap_s)
+        for other in self._silent_since(since, horizon):
             if (
                 other is not track
                 and other.app is track.app

@@ -1,0 +1,317 @@
+"""Latency: an advert in → its entry event PUBACKed by the broker, live.
+
+``python bench/latency.py [--phones N] [--runs K] [--write docs/benchmarks.md]`` from the
+repository root.
+
+The real `Daemon` (pipeline, SQLite, `Publisher`) runs in this process with MQTT to the tests'
+throw-away mosquitto (plain TCP on loopback, MQTT 5, QoS 1). Its advert source is scripted: N
+Bluezone Android phones walk up one after another (a new one every 0.4 s, each heard 10 times a
+second for 2 s at -55 dBm, so it enters on its first advert), emitted into the daemon as the
+scanner's callback does. A subscriber on the events topic (the ``central`` account, its own
+paho thread) receives the entries. Per phone, from the emission of its first advert to:
+
+- **PUBACK**: the broker's PUBACK of its entry event reaching the gateway's publisher (taken
+  by wrapping `Publisher._on_publish` in this process: paho calls it when the PUBACK arrives);
+- **subscriber**: the entry event arriving at the subscriber (PUBACK plus delivery: an upper
+  bound of what central sees).
+
+Measured with the default ``commit_interval_s = 1.0``, with ``0`` (commit every decision at
+once), and with ``0`` plus a prototype of a proposed change (the commit wakes the publisher,
+which otherwise looks at the outbox every 0.25 s when idle); the prototype is applied only
+inside this benchmark. Prints JSON; numbers, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Final
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from gateway import config
+from gateway.bench import goal, load_average, load_note, machine, verdict, write_section
+from gateway.daemon import Daemon, Emit
+from gateway.decode import BLUEZONE_ANDROID_UUID, BLUEZONE_COMPANY
+from gateway.model import Advert
+from gateway.sync import POLL_S, Publisher
+from tests.broker import CENTRAL_USER, Broker
+
+GATEWAY: Final = "gw-001"
+SITE: Final = "bench"
+EVENTS_TOPIC: Final = f"bluezone/v1/{SITE}/{GATEWAY}/events"
+PHONE_EVERY_S: Final = 0.4
+PHONE_HEARD_S: Final = 2.0
+ADVERT_EVERY_S: Final = 0.1
+"""Bluezone Android advertises every 100 ms (AppConstants, protocol.md §1)."""
+GOAL_P99_MS: Final = 250.0
+WAIT_S: Final = 30.0
+"""How long to wait for the last entries after the last phone."""
+HEADER: Final = (
+    "| configuration | `commit_interval_s` | PUBACK p50 (ms) | PUBACK p99 (ms) | PUBACK max (ms)"
+    " | subscriber p50 (ms) | subscriber p99 (ms) |\n| --- | --- | --- | --- | --- | --- | --- |"
+)
+VARIANTS: Final = (
+    ("default", 1.0, False),
+    ("commit at once", 0.0, False),
+    ("commit at once, publisher woken by the commit (prototype)", 0.0, True),
+)
+
+
+class _Acks:
+    """PUBACK arrival times by outbox seq, from a wrapper around `Publisher._on_publish`."""
+
+    def __init__(self) -> None:
+        self.at: dict[int, float] = {}
+        original = Publisher._on_publish
+
+        def on_publish(publisher: Publisher, *args: Any) -> None:
+            mid = args[2]
+            seq = publisher._inflight.get(mid)
+            if seq is not None:
+                self.at.setdefault(seq, time.monotonic())
+            original(publisher, *args)
+
+        Publisher._on_publish = on_publish  # type: ignore[method-assign,assignment]
+
+
+class _Subscriber:
+    """The central side: receive times of entry events by rolling ID."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.entries: dict[str, tuple[float, int]] = {}
+        """rolling ID → (receive time, seq)."""
+        self._ready = threading.Event()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id="latency-sub",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        client.username_pw_set(CENTRAL_USER, broker.passwords[CENTRAL_USER])
+        client.on_connect = lambda c, *_a: c.subscribe(EVENTS_TOPIC, qos=1)
+        client.on_subscribe = lambda *_a: self._ready.set()
+        client.on_message = self._on_message
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        self.client = client
+        if not self._ready.wait(10):
+            msg = "the subscriber got no SUBACK"
+            raise RuntimeError(msg)
+
+    def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        at = time.monotonic()
+        event = orjson.loads(message.payload)
+        if event["type"] == "entry":
+            self.entries.setdefault(event["rolling_id"], (at, event["seq"]))
+
+    def close(self) -> None:
+        """Disconnect and stop paho's thread."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _phone(n: int, run: int) -> tuple[str, str, dict[int, bytes]]:
+    rid = f"{0xC0 + run:02x}{n:022x}"
+    address = f"5A:{run:02X}:00:{n >> 16 & 255:02X}:{n >> 8 & 255:02X}:{n & 255:02X}"
+    return rid, address, {BLUEZONE_COMPANY: bytes.fromhex(rid)}
+
+
+async def _walk_up(emit: Emit, phones: int, run: int, emitted: dict[str, float]) -> None:
+    """Emit the phones' adverts on schedule; record each phone's first emission time."""
+    start = time.monotonic()
+    schedule = []
+    for n in range(phones):
+        rid, address, mfr = _phone(n, run)
+        first = start + n * PHONE_EVERY_S
+        for k in range(round(PHONE_HEARD_S / ADVERT_EVERY_S)):
+            schedule.append((first + k * ADVERT_EVERY_S, rid, address, mfr))
+    schedule.sort()
+    uuids = (BLUEZONE_ANDROID_UUID,)
+    for due, rid, address, mfr in schedule:
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        now = time.monotonic()
+        emitted.setdefault(rid, now)
+        emit(Advert(now, address, -55, None, None, uuids, {}, mfr))
+
+
+async def _run(
+    broker: Broker, work: Path, phones: int, run: int, commit_s: float, wake: bool
+) -> dict[str, list[float]]:
+    """Run one daemon through ``phones`` phones; return the latencies (ms) per phone."""
+    password = broker.password_file_for(GATEWAY, work)
+    cfg = config.parse(
+        f'[gateway]\nid = "{GATEWAY}"\nsite = "{SITE}"\ndata_dir = "{work}"\n'
+        f"[store]\ncommit_interval_s = {commit_s}\n"
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\ntls = false\n'
+        f'username = "{GATEWAY}"\npassword_file = "{password}"\nhealth_interval_s = 3600\n'
+        "[web]\nenabled = false\n"
+    )
+    subscriber = _Subscriber(broker)
+    acks = _Acks()
+    emitted: dict[str, float] = {}
+    daemon: Daemon | None = None
+
+    async def source(emit: Emit) -> None:
+        while daemon is None or daemon.publisher is None or not daemon.publisher.connected:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if wake:
+            publisher = daemon.publisher
+            publisher.store.on_commit = lambda _s, _n: publisher._wake.set()
+        await _walk_up(emit, phones, run, emitted)
+        deadline = time.monotonic() + WAIT_S
+        while len(subscriber.entries) < phones and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(60)  # the daemon stops this source once everything arrived
+
+    daemon = Daemon(cfg, source)
+    task = asyncio.create_task(daemon.run())
+    try:
+        while len(subscriber.entries) < phones and not task.done():
+            await asyncio.sleep(0.05)
+            if emitted and time.monotonic() - max(emitted.values()) > WAIT_S:
+                break
+    finally:
+        daemon.stop()
+        code = await task
+        subscriber.close()
+    if code != 0:
+        msg = f"the daemon exited {code}"
+        raise RuntimeError(msg)
+    missing = phones - len(subscriber.entries)
+    if missing:
+        msg = f"{missing} of {phones} entries never reached the subscriber"
+        raise RuntimeError(msg)
+    puback, received = [], []
+    for rid, first in emitted.items():
+        at, seq = subscriber.entries[rid]
+        received.append((at - first) * 1000)
+        puback.append((acks.at[seq] - first) * 1000)
+    return {"puback_ms": puback, "subscriber_ms": received}
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50": round(statistics.median(ordered), 1),
+        "p99": round(ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))], 1),
+        "max": round(ordered[-1], 1),
+        "min": round(ordered[0], 1),
+    }
+
+
+def measure(phones: int, runs: int) -> dict[str, Any]:
+    """Run every variant ``runs`` times (a fresh daemon each); return pooled percentiles."""
+    pooled: dict[str, dict[str, list[float]]] = {
+        name: {"puback_ms": [], "subscriber_ms": []} for name, _, _ in VARIANTS
+    }
+    with tempfile.TemporaryDirectory(prefix="bluezone-latency-bench-") as tmp:
+        broker = Broker(Path(tmp) / "broker", cert_listener=False)
+        broker.start()
+        try:
+            run = 0
+            for _ in range(runs):
+                for name, commit_s, wake in VARIANTS:
+                    work = Path(tmp) / f"run{run}"
+                    out = asyncio.run(_run(broker, work, phones, run, commit_s, wake))
+                    for key, values in out.items():
+                        pooled[name][key] += values
+                    run += 1
+        finally:
+            broker.close()
+    variants = [
+        {
+            "name": name,
+            "commit_interval_s": commit_s,
+            "wake_on_commit": wake,
+            "puback_ms": _percentiles(pooled[name]["puback_ms"]),
+            "subscriber_ms": _percentiles(pooled[name]["subscriber_ms"]),
+        }
+        for name, commit_s, wake in VARIANTS
+    ]
+    return {"phones": phones, "runs": runs, "samples": phones * runs, "variants": variants}
+
+
+def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return this section's goal (on the default configuration) and its verdict."""
+    default, at_once = result["variants"][0], result["variants"][1]
+    p99 = default["puback_ms"]["p99"]
+    return [
+        goal(
+            f"advert → entry PUBACKed, p99 ≤ {GOAL_P99_MS:.0f} ms (default config)",
+            f"p50 {default['puback_ms']['p50']} ms, p99 {p99} ms"
+            f" (with commit_interval_s = 0: p99 {at_once['puback_ms']['p99']} ms)",
+            p99 <= GOAL_P99_MS,
+            "an event is published only once committed (durable before it leaves), and"
+            " commits wait up to commit_interval_s = 1 s; then the publisher finds it at its"
+            f" next look at the outbox, every {POLL_S} s",
+        )
+    ]
+
+
+def render(result: dict[str, Any]) -> str:
+    """Return the latency section of docs/benchmarks.md."""
+    rows = []
+    for v in result["variants"]:
+        pa, sub = v["puback_ms"], v["subscriber_ms"]
+        rows.append(
+            f"| {v['name']} | {v['commit_interval_s']} | {pa['p50']} | **{pa['p99']}** | "
+            f"{pa['max']} | {sub['p50']} | {sub['p99']} |"
+        )
+    g = result["goals"][0]
+    why = "" if g["met"] else f": {g['why']}"
+    return f"""## Latency: advert in → entry event PUBACKed
+
+`python bench/latency.py --write docs/benchmarks.md`, {machine()}.
+
+The real daemon (pipeline, SQLite with `synchronous = full`, MQTT sync) in one process, MQTT 5
+QoS 1 to a local mosquitto on loopback; {result["phones"]} Bluezone Android phones walk up, a new
+one every {PHONE_EVERY_S} s, each heard every {ADVERT_EVERY_S} s for {PHONE_HEARD_S} s (it enters on
+its first advert). From the first advert entering the daemon (the scanner callback's queue)
+to the broker's PUBACK of the entry reaching the gateway, and to the event arriving at a
+subscriber (an upper bound: PUBACK plus delivery). {result["runs"]} runs of each row, a fresh
+daemon each, {result["samples"]} phones per row.
+
+{HEADER}
+{chr(10).join(rows)}
+
+Goal p99 ≤ {GOAL_P99_MS:.0f} ms with the defaults: {verdict(g["met"])}{why}. Durability comes
+before publishing on purpose: an event leaves only once it is on disk, so a power cut cannot
+lose an event central has not got. `commit_interval_s` trades fsyncs (one per commit, see
+the store section) for latency; the last row is a prototype of a two-line change proposed for
+the daemon (the store's commit hook wakes the publisher), measured here only.
+{load_note(result["load_before"], result["load_after"])}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print JSON."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--phones", type=int, default=100, help="phones per run and row")
+    parser.add_argument("--runs", type=int, default=2, help="daemons per row")
+    parser.add_argument("--write", type=Path, help="rewrite this file's latency section")
+    args = parser.parse_args(argv)
+    before = load_average()
+    result = measure(args.phones, args.runs)
+    result.update(load_before=before, load_after=load_average())
+    result["goals"] = goals(result)
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    if args.write:
+        write_section(args.write, "latency", render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -315,6 +315,29 @@ def _uptime() -> str:
     return "load average: " + ", ".join(str(x) for x in load_average())
 
 
+def code_version() -> str:
+    """Return the checkout's commit (and whether files differ from it), or the version."""
+    git = shutil.which("git")
+    root = str(BENCH_DIR.parent)
+    if git is None:
+        return f"bluezone-gateway {__version__}"
+    head = subprocess.run(  # noqa: S603 - git, read-only
+        [git, "-C", root, "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if head.returncode != 0:
+        return f"bluezone-gateway {__version__}"
+    changed = subprocess.run(  # noqa: S603 - git, read-only
+        [git, "-C", root, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return f"commit {head.stdout.strip()}" + (" with uncommitted changes" if changed else "")
+
+
 def _script(name: str, args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
     """Run ``bench/<name>.py``; return its JSON result (stderr passes through)."""
     path = BENCH_DIR / f"{name}.py"
@@ -342,6 +365,7 @@ def render_summary(
     uptime: tuple[str, str],
     command: str,
     kept: Sequence[str] = (),
+    code: tuple[str, str] = ("", ""),
 ) -> str:
     """Return the summary section: the command, the load, and every goal with its verdict.
 
@@ -361,6 +385,12 @@ def render_summary(
         if kept
         else ""
     )
+    if code[0] == code[1]:
+        measured = f"Measured code: {code[0]}."
+    else:
+        measured = (
+            f"**The code changed during the run**: {code[0]} at its start, {code[1]} at its end."
+        )
     return f"""Reproduce every number below with one command from a checkout (about 25 minutes here;
 the Theengs section needs Theengs Gateway in a venv of its own, see README's Development):
 
@@ -373,6 +403,8 @@ this file (`<!-- bench:NAME -->` markers: each script owns one, so `python bench
 --write docs/benchmarks.md` redoes one section alone). Numbers come from the scripts, never
 typed by hand. A Raspberry Pi Zero 2 W is roughly 8-10× slower per core than this machine:
 {machine()}.
+
+{measured}
 
 `uptime` before: `{uptime[0]}`
 `uptime` after: `{uptime[1]}`
@@ -411,7 +443,7 @@ def _kept_rows(path: Path, ran: set[str]) -> list[str]:
 def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Run the replay and the selected scripts; write the summary; return every result."""
     selected = [name for name in SCRIPTS if _wanted(name, args)]
-    uptime_before = _uptime()
+    uptime_before, code_before = _uptime(), code_version()
     results: dict[str, Any] = {}
     rows: list[tuple[str, dict[str, Any]]] = []
     capture: Path | None = None
@@ -438,7 +470,9 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     command = "python -m gateway.bench --all --write docs/benchmarks.md"
     if args.write is not None:
         kept = _kept_rows(args.write, set(results))
-        body = render_summary(rows, (uptime_before, _uptime()), command, kept)
+        body = render_summary(
+            rows, (uptime_before, _uptime()), command, kept, (code_before, code_version())
+        )
         write_section(args.write, "summary", body, first=True)
     return results
 

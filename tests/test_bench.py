@@ -118,6 +118,7 @@ def test_bench_all_writes_the_summary_first(tmp_path, capsys):
     assert text.index("<!-- bench:summary -->") < text.index("<!-- bench:other -->")
     assert "python -m gateway.bench --all --write docs/benchmarks.md" in text
     assert "`uptime` before:" in text
+    assert "Measured code: " in text or "The code changed during the run" in text
     assert "| replay ≥ 100,000 adverts/s on one core |" in text
     assert "fsyncs ≤ 2/s under load" in text
     assert "<!-- bench:replay -->" in text

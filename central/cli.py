@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import csv
 import logging
-import os
 import signal
 import sys
 import threading
@@ -30,6 +29,7 @@ from central.schema import events
 from central.store import CentralStore, check_schema, create_engine, migrate
 from gateway import __version__
 from gateway import trace as tracing
+from gateway.console import dispatch
 from gateway.model import GatewayError, iso_utc
 
 _LOGGER = logging.getLogger(__name__)
@@ -55,18 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Alembic says what it does at INFO on every start; only its warnings matter then.
     logging.getLogger("alembic").setLevel(logging.DEBUG if args.debug else logging.WARNING)
     try:
-        return int(args.func(args))
-    except GatewayError as e:
-        if args.debug:
-            raise
-        _say(args.command, str(e))
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+        return dispatch(args, "bluezone-central")
     finally:
         root.removeHandler(handler)
 

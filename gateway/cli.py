@@ -30,6 +30,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from gateway import __version__, calibrate, capture, config, doctor, provision, rolling, scoring
+from gateway.console import dispatch
 from gateway.daemon import AdvertSource, Daemon, simulated, wall_time
 from gateway.decode import decode_advert
 from gateway.model import Advert, EventType, GatewayError, PresenceEvent, iso_utc, parse_iso_utc
@@ -67,20 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     setup_logging(logging.DEBUG if args.debug else logging.INFO)
-    try:
-        return int(args.func(args))
-    except GatewayError as e:
-        if args.debug:
-            raise
-        _say(args.command, str(e))
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # `bluezone-gateway events | head`: the reader left; not an error worth a traceback.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+    return dispatch(args, "bluezone-gateway")
 
 
 def _say(command: str, message: str) -> None:

@@ -8,7 +8,11 @@ well outside the zone. Their phones advertise as protocol.md describes:
 - Bluezone Android: 15 s on / 15 s off (60 s / 5 s while the app is in the foreground), 100 ms
   interval, a new random address at every advertising start, the rolling ID of protocol.md §3
   taken at that start (so it lags the quarter-hour boundary by up to one cycle), and on 3.0.7+
-  the companion iBeacon (§1.5);
+  the companion iBeacon (§1.5). Each start and stop is an alarm that Bluezone re-arms
+  relative to the moment the previous one was handled (`AppScheduler.schedule`:
+  ``System.currentTimeMillis() + intervalMillis``), so every phone's cycle runs a little long,
+  by its own alarm latency (`Scenario.alarm_latency_s`): phones drift apart rather than
+  keeping in step for hours;
 - Bluezone iPhone: service UUID and name in the foreground (200 ms), the overflow frame in the
   background (1 s), address rotating every 15 min;
 - GAEN: 250 ms, address and RPI rotating together every 10-20 min;
@@ -143,6 +147,11 @@ class Scenario:
     boundary_crowd: int = 0
     """Extra people arriving around each quarter hour (from 60 s before to 30 s after), so
     that crowds pass while phones rotate their IDs."""
+    alarm_latency_s: float = 0.1
+    """Bound of a Bluezone Android phone's mean alarm latency: each of its alarms (advertising
+    start, stop) fires late by an exponential delay whose mean, drawn per phone, lies between
+    0 and this. An assumption [I]: the delivery and service-start delay of an exact alarm is
+    not measured in protocol.md; 0 gives every phone an exact 30 s (65 s) cycle."""
 
     @property
     def sure_m(self) -> float:
@@ -160,8 +169,8 @@ class Scenario:
         if self.people < 0 or self.minutes <= 0 or self.zone_m <= 0:
             msg = "people must be >= 0, minutes and zone_m > 0"
             raise ValueError(msg)
-        if self.staff < 0 or self.boundary_crowd < 0:
-            msg = "staff and boundary_crowd must be >= 0"
+        if self.staff < 0 or self.boundary_crowd < 0 or self.alarm_latency_s < 0:
+            msg = "staff, boundary_crowd and alarm_latency_s must be >= 0"
             raise ValueError(msg)
         if self.zone_m > MAX_ZONE_M:
             msg = (
@@ -280,10 +289,12 @@ class _Phone:
         t0: float,
         t1: float,
         choice: tuple[App | None, Platform | None, str] | None = None,
+        alarm_latency_s: float = 0.0,
     ) -> None:
         self.app: App | None
         self.platform: Platform | None
         self.app, self.platform, self.mode = choice or self._choose(rng)
+        self.alarm_latency_s = alarm_latency_s
         self.windows = sorted(self._windows(rng, t0, t1), key=lambda w: w.start)
 
     @staticmethod
@@ -337,23 +348,27 @@ class _Phone:
         base_day = datetime.fromtimestamp(t0, UTC).date()
         on, off = (60.0, 5.0) if self.mode == "full" else (15.0, 15.0)
         companion = rng.random() < 0.5  # Bluezone 3.0.7+ also sends the iBeacon (§1.5)
+        # The alarms draw from their own stream: the rest of the run stays as it was.
+        alarms = random.Random(base)
+        latency = alarms.uniform(0, self.alarm_latency_s)
         start = t0 - rng.uniform(0, on + off)
         n = 0
         while start < t1:
             # The ID is taken when advertising (re)starts, with a new random address each time.
             rid = _rolling_id(base, base_day, start)
-            yield _Window(start, start + on, _address(rng), rid.hex(), 0.1, _bluezone_android(rid))
+            stop = start + on + (alarms.expovariate(1 / latency) if latency else 0.0)
+            yield _Window(start, stop, _address(rng), rid.hex(), 0.1, _bluezone_android(rid))
             if companion and (self.mode == "full" or n % 2 == 1):
                 beacon = decode.BLUEZONE_IBEACON_PREFIX + b"\xc5"
                 yield _Window(
                     start,
-                    start + on,
+                    stop,
                     _address(rng),
                     None,
                     1.0,
                     ({decode.APPLE_COMPANY: beacon}, {}, (), None),
                 )
-            start += on + off
+            start = stop + off + (alarms.expovariate(1 / latency) if latency else 0.0)
             n += 1
 
 
@@ -387,7 +402,7 @@ class _Person:
         self.t_start = self.path[0][0]
         self.t_end = min(self.path[-1][0], self.end)
         self.offset_db = rng.uniform(-sc.radio.device_spread_db, sc.radio.device_spread_db)
-        self.phone = _Phone(rng, self.t_start, self.t_end)
+        self.phone = _Phone(rng, self.t_start, self.t_end, alarm_latency_s=sc.alarm_latency_s)
         self.visits: list[TruthVisit] = []
 
     def _walk(self, t0: float) -> tuple[Path, list[tuple[float, float]]]:

@@ -6,45 +6,53 @@ their ID is read, BlueTrace) get a new address now and then. Each key is its own
 event log, as tracing needs; the linker says which of them are one phone, so that the desk and
 the central count people, not IDs.
 
-The rule (`find_predecessor`): a new key continues an older one of the same app and platform
-when
+The rule (`find_predecessor`): a new key may continue an older one of the same app and
+platform (`mismatch` says whether, and how well) when
 
 - the old key fell silent at most ``overlap_s`` after the new one was first heard (one phone
   advertises one key at a time; the slack covers a second adapter's late reports), and has
   stayed silent since, for long enough to tell a stop from a gap between adverts
-  (``silence_s``; ``gaen_silence_s`` for GAEN's 4 adverts a second). Until then the decision,
-  and the new key's entry with it, waits (`undecided`): a few seconds, while the person is
-  already counted under the old key,
+  (``silence_s``; ``gaen_silence_s`` for GAEN's 4 adverts a second),
 - the old key was inside the zone when it went quiet (one that faded out had left),
 - their RSSI levels agree within ``rssi_tolerance_db`` plus their measuring error and, with
   two adapters, some adapter heard both (the phone did not jump across the room), and
 - the timing is that of a rotation:
 
   - **Bluezone Android** takes a new ID when advertising restarts, and restarts every cycle:
-    15 s on, 15 s off in the background (30 s), 60 s on, 5 s off with the app open (65 s). So
-    the new ID is first heard within ``rotation_window_s`` after a quarter-hour boundary, one
-    cycle after the old ID's last burst began (within ``restart_tolerance_s``), and that burst
-    began before the boundary. The burst start ties the two IDs to one phone's own rhythm,
-    which differs from phone to phone: the cue that tells apart several phones rotating at
-    the same boundary.
-    The old ID's last advert came at least ``android_gap_s`` before the new one's first (the
-    phone was between bursts, not advertising) and at most the pause plus
-    ``android_late_s`` (it was heard to the end of its burst: still there).
+    15 s on, 15 s off in the background (30 s), 60 s on, 5 s off with the app open (65 s),
+    each start and stop an alarm re-armed from the moment the last was handled, so each
+    phone's cycle runs a little long by its own latency. The new ID is first heard within
+    ``rotation_window_s`` after a quarter-hour boundary, one cycle after the old ID's last
+    burst began (the phone's own period, learned from the gaps between the old key's bursts
+    by `learn_cycle`; within ``restart_tolerance_s``), and that burst began before the
+    boundary. The phone's own rhythm is the cue that tells apart phones rotating at the same
+    boundary. The old ID's last advert came at least ``android_gap_s`` before the new one's
+    first (the phone was between bursts) and at most the pause plus ``android_late_s`` (it
+    was heard to the end of its burst: still there). A burst already on the air when the
+    scan began is timed by its end; one whose start was missed (the person walked in during
+    it) may have begun up to its unheard part earlier.
   - **BlueTrace** takes a new address at every 180 s burst, after a 5 s pause: the new key is
     first heard one 185 s cycle after the old one was (within ``bluetrace_tolerance_s``).
   - **Others** (GAEN, a Bluezone iPhone keyed by its address) rotate without a pause in their
-    advertising: the new key is first heard within ``handover_gap_s`` of the old key's last.
+    advertising: the new key is first heard within ``handover_gap_s`` (``ios_gap_s``) of the
+    old key's last advert, a long silence weighing more for a key heard often.
 
-- One older key fits clearly best, and no other new key fits it about as well (`mismatch`
-  scores timing and level; the best must beat the next by ``margin``). Two phones with the
-  same rhythm at the same level are ambiguous: not linked (a missed link splits a visit in
-  two; a wrong one would merge two people, which tracing must never see).
+The decision is joint and waits (`undecided`) until the candidates are surely silent, no
+other key could still turn up to continue them better (`deadline`) and the competing keys'
+levels are known well enough: the new key and the other new keys of the moment are assigned
+to the old keys so that the summed mismatch is least, with a price for a new key left
+unlinked (a new arrival) and for an old key left unclaimed (its phone left in its pause:
+cheap for a visitor, dear for the guard inside for an hour). The link is made only when the
+best assignment beats every one without it by ``margin``: two phones that fit one old key
+about as well are not linked (a missed link splits a visit in two; a wrong one would merge
+two people, which tracing must never see). While it waits, the new key's entry waits too,
+and the person is still counted under the old key.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
@@ -56,6 +64,15 @@ BLUETRACE_CYCLE_S: Final = (180.0, 5.0)
 BLUEZONE_CYCLES_S: Final = ((15.0, 15.0), (60.0, 5.0))
 """Bluezone Android's advertising (on, off) cycles: 15 s + 15 s in the background, 60 s + 5 s
 with the app open: AppConstants DEFAULT_BROADCAST_BLE_INTERVAL and its foreground twin."""
+CYCLE_MATCH_S: Final = 5.0
+"""A learned period this close to a nominal cycle is that cycle, run a little long."""
+MIN_RATE_HZ: Final = 0.5
+MAX_RATE_HZ: Final = 10.0
+"""Bounds of the advert rate a hand-over's silence is weighed at (`Trail.rate_hz`)."""
+MIN_CYCLES: Final = 3
+"""Gaps between burst starts needed before a phone's own period is trusted."""
+MAX_JOINT: Final = 10
+"""Most new keys weighed together in one joint assignment (`find_predecessor`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +88,10 @@ class LinkPolicy:
     burst began: advertising jitter plus the first few adverts lost."""
     handover_gap_s: float = 3.0
     """Silence allowed between the old key's last advert and the new key's first when the
-    phone does not pause (GAEN at 250 ms, a Bluezone iPhone at 1 s in the background)."""
+    phone does not pause: GAEN, heard four times a second."""
+    ios_gap_s: float = 5.0
+    """The same for a Bluezone iPhone, heard about once a second in the background (and one
+    advert in five lost): four adverts missed in a row."""
     bluetrace_late_s: float = 6.0
     """BlueTrace pauses 5 s between bursts: the silence may exceed that by this much (it is
     heard about once a second, and adverts are lost)."""
@@ -101,7 +121,17 @@ class LinkPolicy:
     settled_se_db: float = 2.0
     """With several candidates, wait until the new key's level is known this well."""
     margin: float = 4.0
-    """How much better (in squared z-scores) the best candidate must match than the next."""
+    """How much better (in squared z-scores) the best assignment must be than the best one
+    without the link."""
+    unlinked_cost: float = 12.0
+    """What leaving a new key unlinked costs in the joint assignment (a new phone arrived):
+    a link that matches worse than this is not made, whatever else fits."""
+    min_stay_s: float = 30.0
+    """However briefly a phone has been inside, it is taken to stay this long again (a
+    visitor at the desk stays a while): the floor of its chance to stay (`_leave_cost`)."""
+    timing_floor_s: float = 0.05
+    """Least spread of a phone's learned cycle: the first advert of a burst is heard up to a
+    lost advert or two late."""
 
     def __post_init__(self) -> None:
         """Check that every duration is positive."""
@@ -109,6 +139,7 @@ class LinkPolicy:
             "rotation_window_s",
             "restart_tolerance_s",
             "handover_gap_s",
+            "ios_gap_s",
             "bluetrace_late_s",
             "bluetrace_tolerance_s",
             "overlap_s",
@@ -116,6 +147,9 @@ class LinkPolicy:
             "timing_sigma_s",
             "settled_se_db",
             "margin",
+            "unlinked_cost",
+            "timing_floor_s",
+            "min_stay_s",
             "silence_s",
             "gaen_silence_s",
             "android_gap_s",
@@ -133,9 +167,15 @@ class LinkPolicy:
         return longest + self.restart_tolerance_s + self.rotation_window_s
 
     @property
+    def rival_window_s(self) -> float:
+        """Return how close in time two new keys' first sightings must be to compete."""
+        longest = max(self.handover_gap_s, self.ios_gap_s)
+        return 2 * max(self.restart_tolerance_s, longest, self.bluetrace_tolerance_s)
+
+    @property
     def max_wait_s(self) -> float:
         """Return the longest a new key's entry waits for the link to be decided."""
-        return max(self.silence_s, self.gaen_silence_s) + 0.5
+        return max(self.silence_s, self.gaen_silence_s, self.rival_window_s) + 0.5
 
     def silence_for(self, app: App, platform: Platform | None) -> float:
         """Return how long an old key of this kind must be silent before it is linked."""
@@ -166,6 +206,21 @@ class Trail(NamedTuple):
     inside_at_end: bool = True
     """Whether the key was inside the zone at its last sighting (a key that went quiet
     outside had left; only one that went quiet inside can have rotated)."""
+    cycle_s: float | None = None
+    """The phone's own advertising period (Bluezone Android), learned from the starts of the
+    key's bursts: on + off, plus the latency of the alarms that start and stop advertising
+    (`AppScheduler` re-arms each one from the moment the last was handled); None until a few
+    bursts were seen."""
+    cycle_sd_s: float = 0.0
+    """How much that period varies from one burst to the next."""
+    burst_seen: bool = True
+    """Whether the current burst's start was heard (not one already on the air when the
+    scan began: its true start is then up to a burst earlier)."""
+    rate_hz: float = 0.0
+    """Adverts of this key heard per second (0 when too few to tell)."""
+    dwell_s: float = 0.0
+    """How long the phone had been inside, over the keys linked into its visit, when this
+    key was last heard (0 for a key that never entered)."""
 
 
 def quarter_hour_phase(wall: Callable[[float], float]) -> Callable[[float], float]:
@@ -191,11 +246,14 @@ def could_fit(new: Trail, old: Trail, policy: LinkPolicy, phase: Callable[[float
 def mismatch(
     new: Trail, old: Trail, policy: LinkPolicy, phase: Callable[[float], float]
 ) -> float | None:
-    """Return how badly ``new`` matches ``old`` (a sum of squared z-scores), None if it cannot.
+    """Return how badly ``new`` matches ``old``, None if it cannot continue it at all.
 
-    The score adds the RSSI levels' difference, in standard deviations of a phone that moves
-    a little (``motion_db``) measured with both levels' errors, and for a Bluezone Android
-    phone the burst timing's error in ``timing_sigma_s``.
+    The score is -2 ln of the match's likelihood, up to a constant: the RSSI levels'
+    difference in standard deviations of a phone that moves a little (``motion_db``)
+    measured with both levels' errors, and for a Bluezone Android phone the burst timing's
+    error in the phone's own spread (``timing_sigma_s`` until it is learned), each squared,
+    plus 2 ln of those spreads against the nominal ones: a sharp match to a phone whose
+    rhythm is known beats an equally good one to a phone whose rhythm is a guess.
     """
     if old.key == new.key or old.app is not new.app or old.platform is not new.platform:
         return None
@@ -209,7 +267,7 @@ def mismatch(
         return None
     if not old.inside_at_end:
         return None  # it went quiet outside the zone: it left, it did not rotate
-    score = (level / math.hypot(policy.motion_db, spread)) ** 2
+    score = _normal(level, math.hypot(policy.motion_db, spread), policy.motion_db)
     timing = _timing(new, old, policy, phase)
     return None if timing is None else score + timing
 
@@ -222,26 +280,101 @@ def _timing(
     if new.app is App.BLUEZONE and new.platform is Platform.ANDROID:
         since_boundary = phase(new.first_heard)
         since_burst = new.first_heard - old.burst_start
-        if since_boundary > policy.rotation_window_s or since_burst <= since_boundary:
-            return None  # not just after a quarter hour, or the old burst began after it
-        if gap < policy.android_gap_s:
-            return None  # the old ID was still on the air: another phone
-        errors = [
-            abs(since_burst - on - off)
-            for on, off in BLUEZONE_CYCLES_S
-            if gap <= off + policy.android_late_s  # heard to the end of its burst: still here
-        ]
-        if not errors or min(errors) > policy.restart_tolerance_s:
-            return None
-        return (min(errors) / policy.timing_sigma_s) ** 2
+        if since_boundary > policy.rotation_window_s or gap < policy.android_gap_s:
+            return None  # not just after a quarter hour, or the old ID was still on the air
+        tolerance = policy.restart_tolerance_s
+        scores = []
+        for on, off, period, sigma in _android_cycles(old, policy):
+            # Its start unheard (the scan began during the burst): any start up to a burst
+            # before it was first heard, and the restart one pause after the burst ended.
+            earliest = old.burst_start - (0.0 if old.burst_seen else on)
+            if gap > off + policy.android_late_s or new.first_heard - earliest <= since_boundary:
+                continue  # not heard to the end of its burst, or it began after the boundary
+            if old.burst_seen:
+                error = _restart_error(since_burst, period, on, old, tolerance)
+            else:
+                error = abs(gap - off)
+            if error <= tolerance:
+                scores.append(_normal(error, sigma, policy.timing_sigma_s))
+        return min(scores, default=None)
     if new.app is App.BLUETRACE:
         # A new address at every 180 s burst, after a 5 s pause, heard once a second.
         on, off = BLUETRACE_CYCLE_S
-        error = abs(new.first_heard - old.burst_start - on - off)
-        if gap > off + policy.bluetrace_late_s or error > policy.bluetrace_tolerance_s:
+        tolerance = policy.bluetrace_tolerance_s
+        error = _restart_error(new.first_heard - old.burst_start, on + off, on, old, tolerance)
+        if gap > off + policy.bluetrace_late_s or error > tolerance:
             return None
-        return (error / policy.bluetrace_tolerance_s * 2) ** 2
-    return 0.0 if gap <= policy.handover_gap_s else None
+        return (error / tolerance * 2) ** 2
+    if gap > _handover_gap(new, policy):
+        return None
+    # The silence is the old key's adverts lost in a row: the fewer the phone sends, the
+    # likelier a long one (-2 ln of an exponential density at its rate, against 1 Hz).
+    rate = min(max(old.rate_hz, MIN_RATE_HZ), MAX_RATE_HZ)
+    return 2 * rate * max(gap, 0.0) - 2 * math.log(rate)
+
+
+def _handover_gap(trail: Trail, policy: LinkPolicy) -> float:
+    """Return the silence allowed when a phone of this kind hands over without a pause."""
+    return policy.ios_gap_s if trail.platform is Platform.IOS else policy.handover_gap_s
+
+
+def _normal(error: float, sigma: float, nominal: float) -> float:
+    """Return -2 ln of a normal density at ``error``, relative to one of spread ``nominal``."""
+    return (error / sigma) ** 2 + 2 * math.log(sigma / nominal)
+
+
+def _android_cycles(old: Trail, policy: LinkPolicy) -> Iterator[tuple[float, float, float, float]]:
+    """Yield (on, off, period, sigma): the cycles the phone of ``old`` may be running.
+
+    With a learned period, only the nominal cycle nearest to it, with the phone's own period
+    and spread; otherwise both nominal cycles, with the policy's spread.
+    """
+    for on, off in BLUEZONE_CYCLES_S:
+        if old.cycle_s is None:
+            yield on, off, on + off, policy.timing_sigma_s
+        elif abs(old.cycle_s - on - off) <= CYCLE_MATCH_S:
+            yield on, off, old.cycle_s, max(old.cycle_sd_s, policy.timing_floor_s)
+
+
+def _restart_error(
+    since_burst: float, period: float, on: float, old: Trail, tolerance: float
+) -> float:
+    """Return how far the new key's first sighting lies from one ``period`` after the old burst.
+
+    A burst heard for less than its length (the phone came into range while it was on the
+    air, or the scan began) may have begun before it was first heard, by up to the part not
+    heard: any start in that span is as good.
+    """
+    missed = _unheard(old, on, tolerance)
+    late = since_burst - period  # > 0: the new key came after one period
+    if late >= 0:
+        return late
+    return max(0.0, -late - missed)
+
+
+def _unheard(old: Trail, on: float, tolerance: float) -> float:
+    """Return how long the old key's burst (``on`` long) may have been on the air unheard."""
+    if not old.burst_seen:
+        return on
+    return max(0.0, on - tolerance - (old.last_heard - old.burst_start))
+
+
+def deadline(new: Trail, old: Trail, policy: LinkPolicy) -> float:
+    """Return the latest time another key could continue ``old`` in the cycle ``new`` does.
+
+    Until then a better fit may turn up, so the link waits.
+    """
+    if old.app is App.BLUEZONE and old.platform is Platform.ANDROID:
+        since_burst = new.first_heard - old.burst_start
+        period = min(
+            (period for _, _, period, _ in _android_cycles(old, policy)),
+            key=lambda period: abs(since_burst - period),
+            default=since_burst,
+        )
+        return old.burst_start + period + policy.restart_tolerance_s
+    if old.app is App.BLUETRACE:
+        return old.burst_start + sum(BLUETRACE_CYCLE_S) + policy.bluetrace_tolerance_s
+    return old.last_heard + _handover_gap(old, policy)
 
 
 def _silent(old: Trail, policy: LinkPolicy, now: float) -> bool:
@@ -254,18 +387,29 @@ def undecided(
     policy: LinkPolicy,
     phase: Callable[[float], float],
     now: float,
+    rivals: Iterable[Trail] = (),
 ) -> bool:
     """Return whether to wait before deciding the link of ``new``.
 
-    Either a candidate fits but has not been silent long enough yet, or several fit and the
-    new key's level is still too rough to choose between them.
+    A candidate fits but has not been silent long enough yet, or another new key may still
+    turn up that continues it better (its `deadline` has not passed), or several keys compete
+    (``new`` for several old ones, or rivals for its old ones) and the level of one of them
+    is still too rough to choose.
     """
     if not policy.enabled:
         return False
+    candidates = list(candidates)
     possible = [old for old in candidates if could_fit(new, old, policy, phase)]
-    if any(not _silent(old, policy, now) for old in possible):
+    if any(not _silent(old, policy, now) or now < deadline(new, old, policy) for old in possible):
         return True
-    return len(possible) > 1 and new.rssi_se > policy.settled_se_db
+    competing = [
+        rival
+        for rival in rivals
+        if rival.key != new.key and any(could_fit(rival, old, policy, phase) for old in possible)
+    ]
+    if len(possible) + len(competing) < 2:
+        return False
+    return any(trail.rssi_se > policy.settled_se_db for trail in (new, *competing))
 
 
 def find_predecessor(
@@ -278,36 +422,139 @@ def find_predecessor(
 ) -> Trail | None:
     """Return the older key ``new`` continues, or None when none fits or it is ambiguous.
 
-    Of the candidates that fit, the best match is taken when it is better than the next by
-    ``margin`` (its score lower by that much: a likelihood ratio of e^(margin/2)); otherwise
-    the link is ambiguous and not made.
+    The decision is joint: ``new`` and the rivals are assigned to the old keys (each old key
+    continued at most once, each new key leaving one or none, ``unlinked_cost`` for none) so
+    that the summed mismatch is least. An old key nobody continues costs too: its phone left
+    during its pause, unlikely for one that has been inside for long (`_leave_cost`).
+    ``new`` is linked to its key in that assignment when every assignment without that link
+    costs at least ``margin`` more (a likelihood ratio of e^(margin/2)): a rival that fits
+    another old key better explains that one away, and two phones that fit one old key about
+    as well leave it unlinked.
 
     Args:
         new: the key to link, usually at the moment it enters the zone.
-        candidates: keys that may have come before it: recently heard, with a visit, and not
-            continued by another key yet.
-        rivals: other new keys not linked yet; if one of them matches the chosen predecessor
-            about as well, the link is ambiguous and not made.
+        candidates: keys that may have come before it or before a rival: recently heard,
+            with a visit, and not continued by another key yet.
+        rivals: other new keys not linked yet, which may continue the same keys.
         policy: the rule's parameters.
         phase: seconds since the last quarter hour at a source time (`quarter_hour_phase`).
         now: the source time of the decision (silence is measured up to it).
     """
     if not policy.enabled:
         return None
-    scored = sorted(
-        (score, i, old)
-        for i, old in enumerate(candidates)
-        if _silent(old, policy, now) and (score := mismatch(new, old, policy, phase)) is not None
-    )
-    if not scored:
+    olds = list(candidates)
+    news = [new, *(r for r in rivals if r.key != new.key)]
+    stay = [_stay_cost(old, policy) - _leave_cost(old, policy) for old in olds]
+    edges = [
+        {
+            j: score + stay[j]
+            for j, old in enumerate(olds)
+            # A rival may yet continue a key still on the air; ``new`` only a silent one.
+            if (i or _silent(old, policy, now))
+            and (score := mismatch(n, old, policy, phase)) is not None
+        }
+        for i, n in enumerate(news)
+    ]
+    if not edges[0]:
         return None
-    best, _, old = scored[0]
-    if len(scored) > 1 and scored[1][0] - best < policy.margin:
+    component = _component(edges)
+    local = [edges[i] for i in component]  # new keeps index 0
+    best, assignment = _assign(local, policy.unlinked_cost)
+    chosen = assignment[0]
+    if chosen is None:
         return None
-    for rival in rivals:
-        if rival.key == new.key:
-            continue
-        other = mismatch(rival, old, policy, phase)
-        if other is not None and other - best < policy.margin:
-            return None
-    return old
+    without, _ = _assign(local, policy.unlinked_cost, forbid=chosen)
+    return olds[chosen] if without - best >= policy.margin else None
+
+
+def _component(edges: Sequence[dict[int, float]]) -> list[int]:
+    """Return the new keys that share old keys with the first, nearest first (breadth-first).
+
+    At most `MAX_JOINT`: in a crowd the farthest are left out, and the keys kept compete as
+    if those had not taken their other old keys.
+    """
+    found, olds = [0], set(edges[0])
+    layer = [0]
+    while layer and len(found) < MAX_JOINT:
+        layer = [i for i, fit in enumerate(edges) if i not in found and olds & fit.keys()]
+        for i in layer[: MAX_JOINT - len(found)]:
+            found.append(i)
+            olds |= edges[i].keys()
+    return found
+
+
+def _assign(
+    edges: Sequence[dict[int, float]], unlinked: float, forbid: int | None = None
+) -> tuple[float, list[int | None]]:
+    """Return the least-cost assignment of new keys (rows) to distinct old keys, and its cost.
+
+    ``forbid``: an old key the first new key may not take. Branch and bound (each row costs
+    at least its cheapest choice): the components are a few keys (`MAX_JOINT`).
+    """
+    floor = [min(unlinked, *row.values()) for row in edges]
+    rest = [sum(floor[i:]) for i in range(len(edges) + 1)]
+    best_cost = math.inf
+    best_picks: list[int | None] = []
+
+    def walk(i: int, used: frozenset[int], cost: float, picks: list[int | None]) -> None:
+        nonlocal best_cost, best_picks
+        if cost + rest[i] >= best_cost:
+            return
+        if i == len(edges):
+            best_cost, best_picks = cost, picks
+            return
+        for j, score in sorted(edges[i].items(), key=lambda item: item[1]):
+            if j not in used and not (i == 0 and j == forbid):
+                walk(i + 1, used | {j}, cost + score, [*picks, j])
+        walk(i + 1, used, cost + unlinked, [*picks, None])
+
+    walk(0, frozenset(), 0.0, [])
+    return best_cost, best_picks
+
+
+def _leave_cost(old: Trail, policy: LinkPolicy) -> float:
+    """Return -2 ln of the chance that the phone of ``old`` left during its pause.
+
+    A phone inside for ``dwell_s`` is taken to stay about as long again (at least
+    ``min_stay_s``), so it leaves in a given pause with a chance of pause / (stay + pause):
+    likely for a visitor who came a moment ago, unlikely for the guard who has sat there for
+    an hour.
+    """
+    return -2 * math.log(_leave_chance(old, policy))
+
+
+def _leave_chance(old: Trail, policy: LinkPolicy) -> float:
+    if old.app is App.BLUEZONE and old.platform is Platform.ANDROID:
+        pause = max(off for on, off, _, _ in _android_cycles(old, policy)) if old.cycle_s else 15.0
+    elif old.app is App.BLUETRACE:
+        pause = BLUETRACE_CYCLE_S[1] + policy.bluetrace_late_s
+    else:
+        pause = _handover_gap(old, policy)
+    return pause / (max(old.dwell_s, policy.min_stay_s) + pause)
+
+
+def _stay_cost(old: Trail, policy: LinkPolicy) -> float:
+    """Return -2 ln of the chance that the phone of ``old`` stayed through its pause."""
+    return -2 * math.log1p(-_leave_chance(old, policy))
+
+
+def learn_cycle(intervals: Iterable[float]) -> tuple[float, float] | None:
+    """Return a Bluezone Android phone's (period, spread) from the gaps between burst starts.
+
+    Gaps that are no nominal cycle (a burst missed, the phone out of range) are left out, and
+    so are those of another cycle than the latest gap's (the app was opened or closed). None
+    until `MIN_CYCLES` gaps agree.
+    """
+    nominal = [on + off for on, off in BLUEZONE_CYCLES_S]
+    tagged = [
+        (cycle, gap) for gap in intervals for cycle in nominal if abs(gap - cycle) <= CYCLE_MATCH_S
+    ]
+    if not tagged:
+        return None
+    latest = tagged[-1][0]
+    gaps = [gap for cycle, gap in tagged if cycle == latest]
+    if len(gaps) < MIN_CYCLES:
+        return None
+    mean = sum(gaps) / len(gaps)
+    spread = math.sqrt(sum((g - mean) ** 2 for g in gaps) / (len(gaps) - 1))
+    return mean, spread

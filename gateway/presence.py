@@ -38,7 +38,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Final, NamedTuple
 
-from gateway.linker import LinkPolicy, Trail, find_predecessor, undecided
+from gateway.linker import LinkPolicy, Trail, find_predecessor, learn_cycle, undecided
 from gateway.model import (
     App,
     CheckIn,
@@ -54,6 +54,12 @@ CHECKIN_REARM_DB: Final = 10.0
 
 INSIDE_AT_END_S: Final = 2.0
 """A key last put inside this soon before its last sighting was inside when it went quiet."""
+
+OPENING_S: Final = 1.0
+"""A burst first heard this soon after the tracker's first sighting may have begun before."""
+
+CYCLES_KEPT: Final = 8
+"""Gaps between a Bluezone Android key's burst starts kept to learn the phone's cycle."""
 
 LEVEL_S: Final = 10.0
 """Time constant of the slow RSSI mean the linker compares keys by (their level, not a blip)."""
@@ -113,6 +119,7 @@ def _occupant(t: _Track) -> Occupant:
 
 def _trail(track: _Track, sigma_db: float) -> Trail:
     """Return what the linker needs to know of a track (``sigma_db``: one advert's jitter)."""
+    cycle = None if track.intervals is None else learn_cycle(track.intervals)
     return Trail(
         key=track.key,
         app=track.app,
@@ -124,6 +131,12 @@ def _trail(track: _Track, sigma_db: float) -> Trail:
         rssi_se=sigma_db * math.sqrt(track.level_w2) / track.level_w,
         roles=frozenset(track.last_heard),
         inside_at_end=track.visit > 0 and track.t_last - track.last_inside <= INSIDE_AT_END_S,
+        cycle_s=None if cycle is None else cycle[0],
+        cycle_sd_s=0.0 if cycle is None else cycle[1],
+        dwell_s=track.t_last - track.visit_start if track.visit else 0.0,
+        rate_hz=(track.sightings - 1) / heard
+        if (heard := track.t_last - track.first_seen)
+        else 0.0,
     )
 
 
@@ -145,6 +158,7 @@ class _Track:
         "first_heard",
         "first_seen",
         "inside",
+        "intervals",
         "key",
         "last_heard",
         "last_inside",
@@ -159,6 +173,7 @@ class _Track:
         "sightings",
         "t_last",
         "visit",
+        "visit_start",
         "weak_since",
         "weight",
         "weight_sq",
@@ -172,6 +187,12 @@ class _Track:
         self.rolling_id: str | None = s.rolling_id
         self.address = s.address
         self.born = self.burst_start = s.t
+        self.intervals: deque[float] | None = (
+            deque(maxlen=CYCLES_KEPT)
+            if s.app is App.BLUEZONE and s.platform is Platform.ANDROID
+            else None
+        )
+        """Bluezone Android: the latest gaps between burst starts (the phone's own cycle)."""
         self.chain = 0
         """Visit number of the first key of this phone's visit (see `PresenceEvent.chain`)."""
         self.continues: str | None = None
@@ -185,12 +206,19 @@ class _Track:
         """Another key continues this one: it cannot be continued twice."""
         self.inside = False
         self.visit = 0
+        self.visit_start = 0.0
+        """When the phone's visit began: its first linked key's entry."""
         self.last_inside = 0.0
         self.weak_since: float | None = None
         self.checked_in = False
         self.checkin_armed = True
         self.close_run = 0
         self.restart(s.t, s.rssi)
+
+    @property
+    def visiting(self) -> bool:
+        """Whether it is inside, or has qualified and waits for its link to enter."""
+        return self.inside or self.pending is not None
 
     def restart(self, t: float, rssi: int) -> None:
         """Begin a new approach with this sample as its first."""
@@ -253,6 +281,8 @@ class PresenceTracker:
         """Adapter → ``outside``/``inside`` when two adapters give direction."""
         self._tracks: OrderedDict[str, _Track] = OrderedDict()
         self._visits = 0
+        self._opened: float | None = None
+        """The first sighting's time: bursts already on the air then began unseen."""
         self._phase = phase or _unix_phase
         self._link = link or LinkPolicy()
         self._gone: deque[_Track] = deque()
@@ -289,13 +319,7 @@ class PresenceTracker:
         out: list[PresenceEvent | CheckIn] = []
         track = self._tracks.get(s.key)
         if track is None:
-            track = self._tracks[s.key] = _Track(s)
-            if p.link:
-                self._young.append(track)
-            if len(self._tracks) > p.max_devices:
-                _, evicted = self._tracks.popitem(last=False)
-                if evicted.inside:
-                    out.append(self._exit(evicted))
+            track = self._track(s, out)
         else:
             self._tracks.move_to_end(s.key)
             self._update(track, s, out)
@@ -304,35 +328,45 @@ class PresenceTracker:
         mean = track.weighted_sum / track.weight
         # Standard error of the weighted mean: sigma * sqrt(sum w^2) / sum w.
         margin = p.confidence_z * p.rssi_sigma_db * math.sqrt(track.weight_sq) / track.weight
-        if track.inside:
+        if track.visiting:
+            # Waiting for its link is being inside all the same: it may leave meanwhile.
             self._stay_or_leave(track, s, mean, margin, out)
-        elif (
-            track.pending is not None
-            or mean - margin * _patience(t - track.first_seen) >= p.enter_rssi
-        ):
-            if track.pending is not None and mean >= p.exit_rssi:
-                track.last_inside = t  # waiting for its link, but inside all the same
-            entry = self._try_enter(track, t)
-            if entry is not None:
-                out.append(entry)
+            entering = track.pending is not None
+        else:
+            entering = mean - margin * _patience(t - track.first_seen) >= p.enter_rssi
+        if entering and (entry := self._try_enter(track, t)) is not None:
+            out.append(entry)
         self._checkin(track, s, mean, out)
         return out
+
+    def _track(self, s: Sighting, out: list[PresenceEvent | CheckIn]) -> _Track:
+        """Start tracking a new device key; forget the least recently heard one if full."""
+        if self._opened is None:
+            self._opened = s.t
+        track = self._tracks[s.key] = _Track(s)
+        if self.policy.link:
+            self._young.append(track)
+        if len(self._tracks) > self.policy.max_devices:
+            _, evicted = self._tracks.popitem(last=False)
+            out += self._end_visit(evicted, s.t)
+        return track
 
     def _update(self, track: _Track, s: Sighting, out: list[PresenceEvent | CheckIn]) -> None:
         """Add a sighting of a known device to its track."""
         p = self.policy
         t = s.t
         if s.address != track.address:  # Bluezone Android: a new advertising burst
+            if track.intervals is not None:
+                track.intervals.append(t - track.burst_start)
             track.address = s.address
             track.burst_start = t
         if s.rolling_id != track.rolling_id and s.rolling_id is not None:
             self._new_id(track, s, out)
-        elif t - (track.last_inside if track.inside else track.t_last) > p.exit_timeout_s:
+        elif t - (track.last_inside if track.visiting else track.t_last) > p.exit_timeout_s:
             # Nothing put it inside for longer than the timeout (it is only heard weakly
             # now), or it was silent as long as `expire` takes to forget a device: start
             # afresh, so that when `expire` last ran does not matter.
-            if track.inside:
-                out.append(self._exit(track))
+            out += self._end_visit(track, t)
             track.restart(t, s.rssi)
         else:
             track.add(t, s.rssi, p.smoothing_s)
@@ -345,10 +379,9 @@ class PresenceTracker:
             return
         # A new quarter hour, a new ID: per-ID visits, as for Android phones. The address is
         # the same, so the next visit surely continues this one.
+        out += self._end_visit(track, s.t)
         if track.visit and self.policy.link:
             track.chain_hint = (track.chain or track.visit, track.rolling_id)
-        if track.inside:
-            out.append(self._exit(track))
         track.rolling_id = s.rolling_id
         track.restart(s.t, s.rssi)
 
@@ -369,7 +402,7 @@ class PresenceTracker:
         elif track.weak_since is None:
             track.weak_since = s.t
         elif s.t - track.weak_since >= p.exit_weak_s:
-            out.append(self._exit(track))
+            out += self._end_visit(track, s.t)
             track.restart(s.t, s.rssi)
 
     def expire(self, now: float) -> list[PresenceEvent]:
@@ -386,10 +419,7 @@ class PresenceTracker:
                 out.append(self._enter(track, track.pending or now, now))
         for key in stale:
             track = self._tracks.pop(key)
-            if track.pending is not None:  # entered, then silent: in and out at once
-                out.append(self._enter(track, track.pending, now))
-            if track.inside:
-                out.append(self._exit(track))
+            out += self._end_visit(track, now)
             if track.visit and not track.claimed and self.policy.link:
                 self._gone.append(track)
         self._trim_link_memory(now - self._link.lookback_s)
@@ -445,11 +475,18 @@ class PresenceTracker:
         if self.policy.link and track.chain_hint is None:
             waited = 0.0 if track.pending is None else t - track.pending
             if waited < self._link.max_wait_s:
-                candidates, _ = self._candidates(track, t)
-                new = self._trail(track)
-                if undecided(new, (self._trail(c) for c in candidates), self._link, self._phase, t):
-                    if track.pending is None:
-                        track.pending = t
+                candidates, rivals = self._candidates(track, t)
+                if undecided(
+                    self._trail(track),
+                    [self._trail(c) for c in candidates],
+                    self._link,
+                    self._phase,
+                    t,
+                    [self._trail(r) for r in rivals],
+                ):
+                    if track.pending is None:  # qualified: inside from now on, as an entry is
+                        track.pending = track.last_inside = t
+                        track.weak_since = None
                         track.pending_counts = (track.sightings, track.rssi_max)
                         self._pending[track.key] = track
                     return None
@@ -464,14 +501,18 @@ class PresenceTracker:
         if track.pending is not None:
             track.pending = None
             self._pending.pop(track.key, None)
-        if track.chain_hint is not None:
+        if track.chain_hint is not None:  # the same phone (address), a new ID: same visit
             (track.chain, track.continues), track.chain_hint = track.chain_hint, None
-        elif self.policy.link:
-            self._link_to_predecessor(track, t if now is None else now)
+        else:
+            track.visit_start = t
+            if self.policy.link:
+                self._link_to_predecessor(track, t if now is None else now)
         track.inside = True
         # Decided late: it may have been seen inside since it qualified.
-        track.last_inside = t if counts is None else max(t, track.last_inside)
-        track.weak_since = None
+        if counts is None:
+            track.last_inside, track.weak_since = t, None
+        else:  # it waited inside: when it was last seen inside, and weak, still hold
+            track.last_inside = max(t, track.last_inside)
         track.checked_in = False
         entry = self._event(EventType.ENTRY, track, t)
         if counts is not None:  # decided late: report it as it was when it qualified
@@ -479,13 +520,36 @@ class PresenceTracker:
         return entry
 
     def _candidates(self, track: _Track, now: float) -> tuple[list[_Track], list[_Track]]:
-        """Return the keys ``track`` may continue, and the other new keys that may compete."""
-        horizon = now - self._link.lookback_s
-        candidates: dict[str, _Track] = {}
+        """Return the keys ``track`` or a rival may continue, and the rivals.
+
+        Rivals are the other new keys first heard about when ``track`` was (within
+        `LinkPolicy.rival_window_s`) that continue nothing yet: they may compete for the same
+        old keys, so the linker weighs them together.
+        """
+        link = self._link
+        android = track.app is App.BLUEZONE and track.platform is Platform.ANDROID
+        if android and self._phase(track.born) > link.rotation_window_s:
+            return [], []  # not just after a quarter hour: it rotated nothing
+        horizon = now - link.lookback_s
+        while self._young and self._young[0].born < horizon:
+            self._young.popleft()
+        rivals = []
+        for other in reversed(self._young):  # newest first
+            if other.born < track.born - link.rival_window_s:
+                break
+            if (
+                other is not track
+                and other.app is track.app
+                and other.platform is track.platform
+                and other.continues is None
+                and other.born <= track.born + link.rival_window_s
+            ):
+                rivals.append(other)
         # A Bluezone Android phone's old ID fell quiet a pause before its new one began: only
         # the keys quiet since then qualify (few), not all those heard a moment ago.
-        android = track.app is App.BLUEZONE and track.platform is Platform.ANDROID
-        since = track.born - (self._link.android_gap_s if android else -self._link.overlap_s)
+        latest = max((r.born for r in rivals), default=track.born)
+        since = max(latest, track.born) - (link.android_gap_s if android else -link.overlap_s)
+        candidates: dict[str, _Track] = {}
         for other in self._silent_since(since, horizon):
             if (
                 other is not track
@@ -495,13 +559,6 @@ class PresenceTracker:
                 and other.key not in candidates
             ):
                 candidates[other.key] = other
-        while self._young and self._young[0].born < horizon:
-            self._young.popleft()
-        rivals = [
-            other
-            for other in self._young
-            if other is not track and other.app is track.app and other.continues is None
-        ]
         return list(candidates.values()), rivals
 
     def _link_to_predecessor(self, track: _Track, now: float) -> None:
@@ -521,9 +578,13 @@ class PresenceTracker:
         old.claimed = True
         track.chain = old.chain or old.visit
         track.continues = old.rolling_id
+        track.visit_start = old.visit_start
 
     def _trail(self, track: _Track) -> Trail:
-        return _trail(track, self.policy.rssi_sigma_db)
+        trail = _trail(track, self.policy.rssi_sigma_db)
+        if self._opened is not None and track.burst_start - self._opened < OPENING_S:
+            return trail._replace(burst_seen=False)
+        return trail
 
     def _silent_since(self, since: float, horizon: float) -> Iterator[_Track]:
         """Yield tracks last heard between ``horizon`` and ``since``: the keys that fell quiet.
@@ -541,6 +602,15 @@ class PresenceTracker:
                 break
             if other.t_last <= since:
                 yield other
+
+    def _end_visit(self, track: _Track, now: float) -> list[PresenceEvent]:
+        """End the visit; an entry still waiting for its link is decided first, as of ``now``."""
+        out = []
+        if track.pending is not None:
+            out.append(self._enter(track, track.pending, now))
+        if track.inside:
+            out.append(self._exit(track))
+        return out
 
     def _exit(self, track: _Track) -> PresenceEvent:
         track.inside = False
@@ -580,7 +650,7 @@ class PresenceTracker:
         if track.close_run < p.checkin_samples or not track.checkin_armed:
             return
         track.checkin_armed = False
-        if not track.inside:
-            out.append(self._enter(track, s.t))
+        if not track.inside:  # held to the gateway: inside, link decided or not
+            out.append(self._enter(track, s.t if track.pending is None else track.pending, s.t))
         track.checked_in = True
         out.append(CheckIn(track.key, s.t, s.rssi, track.app, track.platform, track.rolling_id))

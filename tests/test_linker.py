@@ -11,6 +11,7 @@ from gateway.linker import (
     Trail,
     find_predecessor,
     fits,
+    learn_cycle,
     quarter_hour_phase,
     undecided,
 )
@@ -80,7 +81,9 @@ def test_the_link_waits_until_the_old_key_is_surely_silent_and_the_level_settled
     old = trail("old", t - 600, t, app=App.GAEN, platform=None)
     new = trail("new", t + 0.3, t + 0.6, app=App.GAEN, platform=None)
     assert undecided(new, [old], POLICY, PHASE, now=t + 0.6)  # a gap between adverts, maybe
-    assert not undecided(new, [old], POLICY, PHASE, now=t + 2.0)
+    # Silent, but another new key could still turn up and continue it better.
+    assert undecided(new, [old], POLICY, PHASE, now=t + 2.0)
+    assert not undecided(new, [old], POLICY, PHASE, now=t + POLICY.handover_gap_s + 0.1)
     assert link(new, old, wait_s=0.3) is None
     assert link(new, old, wait_s=2.0) == "old"
     (old_a, new_a), (old_b, _) = background_rotation(10, "a"), background_rotation(10.4, "b")
@@ -143,8 +146,8 @@ def test_an_old_burst_that_began_after_the_boundary_is_not_a_rotation():
     [
         (App.GAEN, None, 0.4, True),
         (App.GAEN, None, 5.0, False),
-        (App.BLUEZONE, Platform.IOS, 2.5, True),
-        (App.BLUEZONE, Platform.IOS, 4.0, False),
+        (App.BLUEZONE, Platform.IOS, 4.0, True),  # once a second, a few adverts lost
+        (App.BLUEZONE, Platform.IOS, 6.0, False),
     ],
 )
 def test_keys_that_rotate_without_a_pause_hand_over_within_a_gap(app, platform, gap_s, linked):
@@ -185,3 +188,57 @@ def test_policy_rejects_non_positive_durations():
     with pytest.raises(ValueError, match="handover_gap_s"):
         LinkPolicy(handover_gap_s=0)
     assert LinkPolicy().lookback_s == pytest.approx(136.0)
+
+
+def test_a_phone_s_own_cycle_is_learned_from_the_gaps_between_its_bursts():
+    def period(gaps: list[float]) -> float | None:
+        learned = learn_cycle(gaps)
+        return None if learned is None else learned[0]
+
+    assert learn_cycle([30.1, 30.2, 30.15, 30.12]) == pytest.approx((30.1425, 0.0435), abs=1e-4)
+    assert learn_cycle([30.1, 30.2]) is None  # too few to trust
+    # A missed burst (60 s) is no cycle; the app opened (65 s cycles) starts afresh.
+    assert period([30.1, 60.2, 30.2, 30.1]) == pytest.approx(30.1333, abs=1e-4)
+    assert period([30.1, 30.2, 30.1, 65.3, 65.2, 65.4]) == pytest.approx(65.3)
+
+
+def test_a_learned_rhythm_tells_apart_two_phones_rotating_half_a_second_apart():
+    (old_a, new_a), (old_b, _) = background_rotation(10, "a"), background_rotation(10.45, "b")
+    # Unknown rhythms: 0.45 s is within a phone's guessed spread: ambiguous.
+    assert link(new_a, old_a, old_b) is None
+    # Phone a restarts every 30.2 s, give or take 50 ms: the new key is its, on the dot.
+    assert link(new_a, old_a._replace(cycle_s=30.2, cycle_sd_s=0.05), old_b) == "old-a"
+    # Had it been restarting every 30.0 s, the new key would be 4 of its spreads late.
+    assert link(new_a, old_a._replace(cycle_s=30.0, cycle_sd_s=0.05), old_b) != "old-a"
+
+
+def test_a_rival_that_fits_another_old_key_better_explains_it_away():
+    old_a, new_a = background_rotation(10, "a", rssi=-62.0)
+    old_b, new_b = background_rotation(10.45, "b", rssi=-58.0)
+    assert link(new_a, old_a, old_b) is None  # alone, a could be either
+    assert link(new_a, old_a, old_b, rivals=(new_b,)) == "old-a"  # b's new key is b's
+
+
+def test_a_phone_inside_for_an_hour_rotated_rather_than_left():
+    (old_a, new_a), (old_b, _) = background_rotation(10, "a"), background_rotation(10.45, "b")
+    assert link(new_a, old_a, old_b) is None
+    # The guard who has sat there for an hour rotated; the visitor who came a moment ago left.
+    assert link(new_a, old_a._replace(dwell_s=3600.0), old_b._replace(dwell_s=20.0)) == "old-a"
+    assert link(new_a, old_a._replace(dwell_s=20.0), old_b._replace(dwell_s=3600.0)) == "old-b"
+
+
+def test_a_burst_already_on_the_air_when_the_scan_began_is_timed_by_its_end():
+    scan_start = BOUNDARY - 30
+    # Heard from the scan's start to the end of its 60 s burst; when it began is unknown.
+    old = trail("old", scan_start, BOUNDARY, burst=scan_start, burst_seen=False)
+    assert link(trail("new", BOUNDARY + 5.2, BOUNDARY + 5.2), old) == "old"  # one pause later
+    assert link(trail("new", BOUNDARY + 7.5, BOUNDARY + 7.5), old) is None
+
+
+def test_a_long_silence_is_likelier_for_a_phone_heard_rarely():
+    t = BOUNDARY + 321
+    rare = trail("old-rare", t - 600, t, app=App.BLUEZONE, platform=Platform.IOS, rate_hz=0.8)
+    busy = trail("old-busy", t - 600, t + 0.1, app=App.BLUEZONE, platform=Platform.IOS, rate_hz=4)
+    new = trail("new", t + 2.5, t + 5, app=App.BLUEZONE, platform=Platform.IOS)
+    # 2.5 s without an advert: ordinary once a second, odd at four a second.
+    assert link(new, rare, busy) == "old-rare"

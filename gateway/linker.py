@@ -114,15 +114,16 @@ class LinkPolicy:
     rssi_tolerance_db: float = 6.0
     """How far the two keys' RSSI levels may differ beyond their measuring error (2.5
     standard errors): a phone moves a little, not across the room."""
-    motion_db: float = 3.0
-    """How much a still-seated phone's level wanders from one key to the next (scoring)."""
+    motion_db: float = 2.0
+    """How much a still-seated phone's level wanders from one key to the next (scoring): a
+    10 s mean under slow fading (2 dB, over 3 s) moves by about 1.5 dB from one to the next."""
     timing_sigma_s: float = 0.35
     """Spread of the burst timing: advertising jitter and the first adverts lost (scoring)."""
     settled_se_db: float = 2.0
     """With several candidates, wait until the new key's level is known this well."""
-    margin: float = 4.0
-    """How much better (in squared z-scores) the best assignment must be than the best one
-    without the link."""
+    margin: float = 3.0
+    """How much better (-2 ln likelihood) the best assignment must be than the best one
+    without the link: odds of e^1.5, 4.5 to 1."""
     unlinked_cost: float = 12.0
     """What leaving a new key unlinked costs in the joint assignment (a new phone arrived):
     a link that matches worse than this is not made, whatever else fits."""

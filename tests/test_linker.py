@@ -93,7 +93,7 @@ def test_the_link_waits_until_the_old_key_is_surely_silent_and_the_level_settled
 
 def test_a_rival_that_fits_the_same_predecessor_blocks_the_link():
     old, new = background_rotation(10, "a")
-    twin = new._replace(key="twin", first_heard=new.first_heard + 0.5)
+    twin = new._replace(key="twin", first_heard=new.first_heard + 0.3)
     assert link(new, old) == "old-a"
     assert link(new, old, rivals=(twin,)) is None
 
@@ -202,9 +202,9 @@ def test_a_phone_s_own_cycle_is_learned_from_the_gaps_between_its_bursts():
     assert period([30.1, 30.2, 30.1, 65.3, 65.2, 65.4]) == pytest.approx(65.3)
 
 
-def test_a_learned_rhythm_tells_apart_two_phones_rotating_half_a_second_apart():
-    (old_a, new_a), (old_b, _) = background_rotation(10, "a"), background_rotation(10.45, "b")
-    # Unknown rhythms: 0.45 s is within a phone's guessed spread: ambiguous.
+def test_a_learned_rhythm_tells_apart_two_phones_rotating_a_third_of_a_second_apart():
+    (old_a, new_a), (old_b, _) = background_rotation(10, "a"), background_rotation(10.35, "b")
+    # Unknown rhythms: 0.35 s is within a phone's guessed spread: ambiguous.
     assert link(new_a, old_a, old_b) is None
     # Phone a restarts every 30.2 s, give or take 50 ms: the new key is its, on the dot.
     assert link(new_a, old_a._replace(cycle_s=30.2, cycle_sd_s=0.05), old_b) == "old-a"
@@ -214,13 +214,13 @@ def test_a_learned_rhythm_tells_apart_two_phones_rotating_half_a_second_apart():
 
 def test_a_rival_that_fits_another_old_key_better_explains_it_away():
     old_a, new_a = background_rotation(10, "a", rssi=-62.0)
-    old_b, new_b = background_rotation(10.45, "b", rssi=-58.0)
+    old_b, new_b = background_rotation(10.35, "b", rssi=-60.0)
     assert link(new_a, old_a, old_b) is None  # alone, a could be either
     assert link(new_a, old_a, old_b, rivals=(new_b,)) == "old-a"  # b's new key is b's
 
 
 def test_a_phone_inside_for_an_hour_rotated_rather_than_left():
-    (old_a, new_a), (old_b, _) = background_rotation(10, "a"), background_rotation(10.45, "b")
+    (old_a, new_a), (old_b, _) = background_rotation(10, "a"), background_rotation(10.35, "b")
     assert link(new_a, old_a, old_b) is None
     # The guard who has sat there for an hour rotated; the visitor who came a moment ago left.
     assert link(new_a, old_a._replace(dwell_s=3600.0), old_b._replace(dwell_s=20.0)) == "old-a"

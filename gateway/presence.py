@@ -187,12 +187,9 @@ class _Track:
         self.rolling_id: str | None = s.rolling_id
         self.address = s.address
         self.born = self.burst_start = s.t
-        self.intervals: deque[float] | None = (
-            deque(maxlen=CYCLES_KEPT)
-            if s.app is App.BLUEZONE and s.platform is Platform.ANDROID
-            else None
-        )
-        """Bluezone Android: the latest gaps between burst starts (the phone's own cycle)."""
+        self.intervals: deque[float] | None = None
+        """Bluezone Android: the latest gaps between burst starts (the phone's own cycle), from
+        its second burst on."""
         self.chain = 0
         """Visit number of the first key of this phone's visit (see `PresenceEvent.chain`)."""
         self.continues: str | None = None
@@ -356,7 +353,9 @@ class PresenceTracker:
         p = self.policy
         t = s.t
         if s.address != track.address:  # Bluezone Android: a new advertising burst
-            if track.intervals is not None:
+            if track.app is App.BLUEZONE and track.platform is Platform.ANDROID:
+                if track.intervals is None:
+                    track.intervals = deque(maxlen=CYCLES_KEPT)
                 track.intervals.append(t - track.burst_start)
             track.address = s.address
             track.burst_start = t

@@ -53,6 +53,7 @@ from gateway.decode import BLUEZONE_ANDROID_UUID, BLUEZONE_COMPANY
 from gateway.model import Advert, PresencePolicy
 from gateway.pipeline import Pipeline
 from gateway.presence import PresenceTracker
+from gateway.rolling import SLOT_S
 from gateway.store import EventStore
 
 START: Final = 1596870000.0 + 300.0
@@ -73,8 +74,8 @@ UUIDS: Final = (BLUEZONE_ANDROID_UUID,)
 HEADER: Final = (
     "| phones in view | tracked | adverts/s (wall) | adverts per CPU second"
     " | CPU s per 100k adverts | a new key's entry, ms (p50 / max)"
-    " | RSS before the phones (MiB) | peak RSS (MiB) |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    " | the same after a quarter hour, ms (p50) | RSS before the phones (MiB) | peak RSS (MiB) |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
@@ -140,8 +141,13 @@ def run_size(phones: int, adverts: int, newcomers: int, work: Path) -> dict[str,
     """Measure one size in this process; return its numbers."""
     rss_before = peak_rss_mib()
     policy = PresencePolicy()
+    quarter_hour = [False]  # when set, the linker believes the clock just passed a quarter hour
+
+    def phase(t: float) -> float:
+        return 5.0 if quarter_hour[0] else t % SLOT_S
+
     with EventStore.open(work / "scaling.db", gateway="bench", site="bench") as store:
-        tracker = PresenceTracker(dataclasses.replace(policy, link=False))
+        tracker = PresenceTracker(dataclasses.replace(policy, link=False), phase=phase)
         pipeline = Pipeline(tracker, store, wall=float, clock_synced=lambda: True)
         stream = _Stream(pipeline, phones)
         cpu0 = time.process_time()
@@ -151,7 +157,9 @@ def run_size(phones: int, adverts: int, newcomers: int, work: Path) -> dict[str,
         cpu0, wall0 = time.process_time(), time.perf_counter()
         stream.run(adverts, stream.sent)
         cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
-        entry_ms = _newcomers(stream, newcomers)
+        entry_ms = _newcomers(stream, newcomers, first=10_000_000)
+        quarter_hour[0] = True
+        rotation_ms = _newcomers(stream, newcomers, first=20_000_000)
         tracked = len(tracker)
         entries = pipeline.counters.events["entry"]
         pipeline.close()
@@ -164,18 +172,22 @@ def run_size(phones: int, adverts: int, newcomers: int, work: Path) -> dict[str,
         "adverts_per_s": round(adverts / wall_s),
         "cpu_s_per_100k": round(cpu_s / adverts * 100_000, 3),
         "new_key_ms": [round(ms, 3) for ms in entry_ms],
+        "rotation_key_ms": [round(ms, 3) for ms in rotation_ms],
         "rss_before_mib": rss_before,
         "peak_rss_mib": peak_rss_mib(),
     }
 
 
-def _newcomers(stream: _Stream, count: int) -> list[float]:
-    """Let ``count`` new phones arrive among the others; return each entry's feed time (ms)."""
+def _newcomers(stream: _Stream, count: int, first: int) -> list[float]:
+    """Let ``count`` new phones arrive among the others; return each entry's feed time (ms).
+
+    ``first`` numbers the new phones (each batch its own).
+    """
     pipeline = stream.pipeline
     between = max(1, len(stream.phones) // max(count, 1))
     times = []
     for i in range(count):
-        address, mfr = _phone(10_000_000 + i)
+        address, mfr = _phone(first + i)
         entries = pipeline.counters.events["entry"]
         advert = Advert(stream.t, address, -56, None, None, UUIDS, {}, mfr)
         started = time.perf_counter()
@@ -254,6 +266,9 @@ def measure(sizes: list[int], adverts: int, newcomers: int, runs: int) -> dict[s
                 ),
                 "new_key_ms_p50": round(statistics.median(keys), 2) if keys else None,
                 "new_key_ms_max": round(keys[-1], 2) if keys else None,
+                "rotation_key_ms_p50": round(
+                    statistics.median(ms for r in of for ms in r["rotation_key_ms"]), 2
+                ),
                 "arrival_cpu_s": round(statistics.median(r["arrival_cpu_s"] for r in of), 2),
                 "rss_before_mib": max(r["rss_before_mib"] for r in of),
                 "peak_rss_mib": max(r["peak_rss_mib"] for r in of),
@@ -291,6 +306,13 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
             " half of those in view",
         ),
         goal(
+            "a new key's entry after a quarter hour ≤ 1 ms with 100 in view",
+            f"{small['rotation_key_ms_p50']} ms (p50; {large['rotation_key_ms_p50']} ms"
+            f" with {large['phones']:,})",
+            small["rotation_key_ms_p50"] <= 1.0,
+            "each new key is weighed against every key that fell quiet",
+        ),
+        goal(
             f"peak RSS ≤ {RSS_GOAL_MIB:.0f} MB with {large['phones']:,} tracked devices",
             f"{large['peak_rss_mib']} MiB",
             large["peak_rss_mib"] <= RSS_GOAL_MIB,
@@ -304,7 +326,8 @@ def render(result: dict[str, Any]) -> str:
     rows = "\n".join(
         f"| {r['phones']:,} | {r['tracked']:,} | {r['adverts_per_s']:,} "
         f"| **{r['adverts_per_cpu_s']:,}** | {r['cpu_s_per_100k']} "
-        f"| {r['new_key_ms_p50']} / {r['new_key_ms_max']} | {r['rss_before_mib']} "
+        f"| {r['new_key_ms_p50']} / {r['new_key_ms_max']} | {r['rotation_key_ms_p50']} "
+        f"| {r['rss_before_mib']} "
         f"| **{r['peak_rss_mib']}** |"
         for r in result["sizes"]
     )
@@ -319,7 +342,7 @@ def render(result: dict[str, Any]) -> str:
         for g in result["goals"]
     )
     large = result["sizes"][-1]
-    rotation_s = (large["new_key_ms_p50"] or 0) * large["phones"] / 1000
+    rotation_s = large["rotation_key_ms_p50"] * large["phones"] / 1000
     return f"""## Scaling: 100 to 10,000 devices in view
 
 `python bench/scaling.py --write docs/benchmarks.md`, {machine()}.
@@ -339,12 +362,16 @@ alone costs N times the new-key column.
 {verdicts}
 
 A new key is a visitor, but also every phone's quarter-hourly ID rotation: all Bluezone phones
-in view renew their key within a minute after the quarter hour. The newcomers here arrive
-5 minutes after one, where linking has nothing to weigh for a Bluezone Android key; in the
-minute after a quarter hour each new key is weighed against the keys that fell quiet and the
-other new keys of the moment (gateway/linker.py), a cost that grows with the phones in view
-and that this bench does not measure. At {large["phones"]:,} in view, {large["phones"]:,} × the
-p50 above is {rotation_s:,.1f} s of CPU here, 8-10 times that on a Pi Zero 2 W: a floor.
+in view renew their key within a minute after the quarter hour. The first newcomers arrive
+5 minutes after one, where a Bluezone Android key cannot be a rotation and linking weighs
+nothing. The next {result["newcomers"]} arrive as if just after a quarter hour (the linker is
+told so): each is weighed against every key that fell quiet, about half of those in view,
+and against the other new keys of the moment. None of the quiet keys fits here (the phones
+keep their address), so this is the search and the scoring, not a contested choice, which
+weighs at most 10 keys together. At {large["phones"]:,} in view, with every phone rotating
+in that minute, {large["phones"]:,} × that p50 is {rotation_s:,.1f} s of CPU here, 8-10 times
+that on a Pi Zero 2 W: linking is sized for an entrance (tens to hundreds of phones in
+view), not for thousands.
 {load_note(result["load_before"], result["load_after"])}
 
 Where the memory goes with {memory["phones"]:,} phones tracked (tracemalloc, growth over the

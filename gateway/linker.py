@@ -444,22 +444,9 @@ def find_predecessor(
     if not policy.enabled:
         return None
     olds = list(candidates)
-    news = [new, *(r for r in rivals if r.key != new.key)]
-    stay = [_stay_cost(old, policy) - _leave_cost(old, policy) for old in olds]
-    edges = [
-        {
-            j: score + stay[j]
-            for j, old in enumerate(olds)
-            # A rival may yet continue a key still on the air; ``new`` only a silent one.
-            if (i or _silent(old, policy, now))
-            and (score := mismatch(n, old, policy, phase)) is not None
-        }
-        for i, n in enumerate(news)
-    ]
-    if not edges[0]:
+    local = _component(new, [r for r in rivals if r.key != new.key], olds, policy, phase, now)
+    if not local[0]:
         return None
-    component = _component(edges)
-    local = [edges[i] for i in component]  # new keeps index 0
     best, assignment = _assign(local, policy.unlinked_cost)
     chosen = assignment[0]
     if chosen is None:
@@ -468,20 +455,49 @@ def find_predecessor(
     return olds[chosen] if without - best >= policy.margin else None
 
 
-def _component(edges: Sequence[dict[int, float]]) -> list[int]:
-    """Return the new keys that share old keys with the first, nearest first (breadth-first).
+def _component(
+    new: Trail,
+    rivals: Sequence[Trail],
+    olds: Sequence[Trail],
+    policy: LinkPolicy,
+    phase: Callable[[float], float],
+    now: float,
+) -> list[dict[int, float]]:
+    """Return the cost rows (old index → cost) of ``new`` and the rivals that compete with it.
 
-    At most `MAX_JOINT`: in a crowd the farthest are left out, and the keys kept compete as
-    if those had not taken their other old keys.
+    Breadth-first from ``new``: a rival competes when it fits an old key that a key already
+    taken fits. At most `MAX_JOINT` keys, nearest first: in a crowd the farthest are left
+    out, and the keys kept compete as if those had not taken their other old keys. A rival's
+    whole row is weighed only once it competes, so a crowd of new keys costs a look at the
+    few old keys in play each, not at every key that fell quiet.
     """
-    found, olds = [0], set(edges[0])
-    layer = [0]
-    while layer and len(found) < MAX_JOINT:
-        layer = [i for i, fit in enumerate(edges) if i not in found and olds & fit.keys()]
-        for i in layer[: MAX_JOINT - len(found)]:
-            found.append(i)
-            olds |= edges[i].keys()
-    return found
+    news = [new, *rivals]
+    stay: dict[int, float] = {}
+
+    def row(i: int, among: Iterable[int]) -> dict[int, float]:
+        fits = {}
+        for j in among:
+            old = olds[j]
+            # A rival may yet continue a key still on the air; ``new`` only a silent one.
+            if (i or _silent(old, policy, now)) and (
+                score := mismatch(news[i], old, policy, phase)
+            ) is not None:
+                if j not in stay:
+                    stay[j] = _stay_cost(old, policy) - _leave_cost(old, policy)
+                fits[j] = score + stay[j]
+        return fits
+
+    every = range(len(olds))
+    rows = [row(0, every)]
+    taken, reached = {0}, set(rows[0])
+    layer = [0] if rows[0] else []
+    while layer and len(rows) < MAX_JOINT:
+        layer = [i for i in range(1, len(news)) if i not in taken and row(i, reached)]
+        for i in layer[: MAX_JOINT - len(rows)]:
+            taken.add(i)
+            rows.append(row(i, every))
+            reached |= rows[-1].keys()
+    return rows
 
 
 def _assign(

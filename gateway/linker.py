@@ -399,7 +399,6 @@ def undecided(
     """
     if not policy.enabled:
         return False
-    candidates = list(candidates)
     possible = [old for old in candidates if could_fit(new, old, policy, phase)]
     if any(not _silent(old, policy, now) or now < deadline(new, old, policy) for old in possible):
         return True

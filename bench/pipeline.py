@@ -50,14 +50,12 @@ from gateway.bench import (
 )
 from gateway.decode import decode_advert
 from gateway.model import PresenceEvent, PresencePolicy
-from gateway.pipeline import Pipeline
+from gateway.pipeline import TICK_S, Pipeline
 from gateway.presence import PresenceTracker
 from gateway.store import EventStore
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 STAGES: Final = ("parse", "decode", "presence", "store")
-TICK_S: Final = 1.0
-"""As replay: end silent visits and commit when due once a second of capture time."""
 PROFILE_TOP: Final = 15
 PROFILE_CHUNK: Final = 50_000
 """Adverts parsed (profiler off) before they are fed (profiler on)."""

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -160,12 +159,7 @@ def ours(path: Path, host: str, port: int, password_file: Path, work: Path) -> d
             PresenceTracker(PresencePolicy()), store, wall=float, clock_synced=lambda: True
         )
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        next_tick = -math.inf
-        for advert in adverts:
-            if advert.t >= next_tick:
-                pipeline.tick(advert.t)
-                next_tick = advert.t + 1.0
-            pipeline.feed(advert)
+        pipeline.replay(adverts)
         pipeline.close()
         pipeline_cpu_s = time.process_time() - cpu0
         publisher = Publisher(settings, store, gateway=GATEWAY, site="bench", boot_time=time.time())

@@ -27,9 +27,8 @@ from central import report
 from central.collector import Collector, Settings
 from central.schema import events
 from central.store import CentralStore, check_schema, create_engine, migrate
-from gateway import __version__
 from gateway import trace as tracing
-from gateway.console import dispatch
+from gateway.console import dispatch, subcommands
 from gateway.model import GatewayError, iso_utc
 
 _LOGGER = logging.getLogger(__name__)
@@ -78,19 +77,10 @@ def _parser() -> argparse.ArgumentParser:
 --db takes a SQLAlchemy URL (postgresql://user@host/db uses psycopg 3) or a path to a SQLite
 file. Run 'bluezone-central COMMAND --help' for each command.""",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--debug", action="store_true", help="log debug lines; tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subcommand = subcommands(parser)
 
     def command(name: str, summary: str, examples: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name,
-            help=summary,
-            description=summary,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog=f"examples:\n{examples}",
-        )
-        p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        p = subcommand(name, summary, examples)
         p.add_argument("--db", required=True, metavar="URL", help="database URL or SQLite path")
         return p
 

@@ -29,12 +29,12 @@ import orjson
 from tabulate import tabulate
 from tqdm import tqdm
 
-from gateway import __version__, calibrate, capture, config, doctor, provision, rolling, scoring
-from gateway.console import dispatch
+from gateway import calibrate, capture, config, doctor, provision, rolling, scoring
+from gateway.console import dispatch, subcommands
 from gateway.daemon import AdvertSource, Daemon, simulated, wall_time
 from gateway.decode import decode_advert
 from gateway.model import Advert, EventType, GatewayError, PresenceEvent, iso_utc, parse_iso_utc
-from gateway.pipeline import Pipeline
+from gateway.pipeline import TICK_S, Pipeline
 from gateway.presence import PresenceTracker
 from gateway.scan import AdapterScanner, GattReader, scan
 from gateway.simulate import Radio, Scenario, Simulation
@@ -48,7 +48,6 @@ EXIT_OK: Final = 0
 EXIT_BAD_INPUT: Final = 1
 EXIT_USAGE: Final = 2
 MAX_PENDING_SHOWN: Final = 10_000_000
-TICK_S: Final = 1.0
 """Replay ends silent visits once per second of capture time, as the daemon's ticker does."""
 PROGRESS_S: Final = 0.25
 RUNNER_UP_WARN: Final = 0.75
@@ -89,20 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 run 'bluezone-gateway COMMAND --help' for each command's options and examples.""",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--debug", action="store_true", help="log debug lines; tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, summary: str, examples: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name,
-            help=summary,
-            description=summary,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog=f"examples:\n{examples}",
-        )
-        p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-        return p
+    command = subcommands(parser)
 
     p = command(
         "run",

@@ -1,4 +1,4 @@
-"""What both command lines share: running a command and turning failures into exit codes.
+"""What both command lines share: their subcommands' shape, and failures into exit codes.
 
 Kept apart from gateway/cli.py, so that ``bluezone-central`` does not import the gateway's
 scanner, web and daemon modules at every start.
@@ -10,8 +10,37 @@ import argparse
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 
+from gateway import __version__
 from gateway.model import GatewayError
+
+CommandMaker = Callable[[str, str, str], argparse.ArgumentParser]
+"""(name, summary, examples) → the subcommand's parser."""
+
+
+def subcommands(parser: argparse.ArgumentParser) -> CommandMaker:
+    """Give ``parser`` --version, --debug and subcommands; return what makes each subcommand.
+
+    Every subcommand gets the summary as its help and description, its examples as the
+    epilog, and accepts --debug after its name too.
+    """
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="log debug lines; tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, examples: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=f"examples:\n{examples}",
+        )
+        p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        return p
+
+    return command
 
 
 def dispatch(args: argparse.Namespace, program: str) -> int:

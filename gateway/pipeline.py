@@ -6,16 +6,20 @@ produce the same events.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from gateway.decode import decode_advert
 from gateway.model import Advert, CheckIn, Platform, PresenceEvent, Sighting
 from gateway.presence import PresenceTracker
 from gateway.rolling import AddressIds
 from gateway.store import EventStore
+
+TICK_S: Final = 1.0
+"""How often, in the adverts' own time, a replay ends silent visits: the daemon's tick."""
 
 EventsHook = Callable[[list[PresenceEvent], list[dict[str, Any]]], None]
 """Called with the engine's decisions and the stored events they became."""
@@ -106,6 +110,16 @@ class Pipeline:
             counters.rejected[result.reason] += 1
             if result.malformed:
                 counters.malformed += 1
+
+    def replay(self, adverts: Iterable[Advert], tick_s: float = TICK_S) -> None:
+        """Feed ``adverts`` (in time order), ticking every ``tick_s`` of their own clock."""
+        next_tick = -math.inf
+        feed, tick = self.feed, self.tick
+        for advert in adverts:
+            if advert.t >= next_tick:
+                tick(advert.t)
+                next_tick = advert.t + tick_s
+            feed(advert)
 
     def tick(self, now: float) -> None:
         """End silent visits as of ``now`` (the source's clock) and commit when due."""

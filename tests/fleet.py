@@ -67,12 +67,7 @@ def simulate_gateways(
             pipeline = Pipeline(
                 PresenceTracker(presence), store, wall=float, clock_synced=lambda: True
             )
-            next_tick = 0.0
-            for advert in simulation.adverts():
-                if advert.t >= next_tick:
-                    pipeline.tick(advert.t)
-                    next_tick = advert.t + 1.0
-                pipeline.feed(advert)
+            pipeline.replay(simulation.adverts())
             pipeline.close()
         gateways.append(gateway)
     return gateways

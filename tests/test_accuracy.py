@@ -12,8 +12,6 @@ which morning was drawn.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from gateway import scoring
@@ -32,12 +30,7 @@ def replay(sim: Simulation, store: EventStore) -> list[PresenceEvent]:
         PresenceTracker(PresencePolicy()), store, wall=float, clock_synced=lambda: True,
         on_events=lambda events, _stored: decided.extend(events),
     )  # fmt: skip
-    next_tick = -math.inf
-    for advert in sim.adverts():
-        if advert.t >= next_tick:
-            pipeline.tick(advert.t)
-            next_tick = advert.t + 1.0
-        pipeline.feed(advert)
+    pipeline.replay(sim.adverts())
     pipeline.close()
     return decided
 

@@ -110,12 +110,7 @@ def replay(sim: Simulation, policy: PresencePolicy, store: EventStore) -> list[P
         PresenceTracker(policy), store, wall=float, clock_synced=lambda: True,
         on_events=lambda events, _stored: decided.extend(events),
     )  # fmt: skip
-    next_tick = -math.inf
-    for advert in sim.adverts():
-        if advert.t >= next_tick:
-            pipeline.tick(advert.t)
-            next_tick = advert.t + 1.0
-        pipeline.feed(advert)
+    pipeline.replay(sim.adverts())
     pipeline.close()
     return decided
 

@@ -10,7 +10,6 @@ every co-present ID is known from the walk, exactly.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -89,14 +88,9 @@ def build_store(path: Path, gateway: str) -> Path:
     presence = config.load(None).presence
     with EventStore.open(path, gateway=gateway, site=GATEWAYS[gateway]) as store:
         pipeline = Pipeline(PresenceTracker(presence), store, wall=float, clock_synced=lambda: True)
-        next_tick = -math.inf
-        last = 0.0
-        for advert in adverts(gateway):
-            if advert.t >= next_tick:
-                pipeline.tick(advert.t)
-                next_tick = advert.t + 1
-            pipeline.feed(advert)
-            last = advert.t
+        stream = list(adverts(gateway))
+        pipeline.replay(stream)
+        last = stream[-1].t if stream else 0.0
         end = END[gateway]
         if end is None:
             pipeline.close()

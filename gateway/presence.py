@@ -435,7 +435,7 @@ class PresenceTracker:
         """End every open visit at its last sighting inside (end of a replay, shutdown)."""
         out = [
             self._enter(track, track.pending, track.t_last)
-            for track in self._pending.values()
+            for track in list(self._pending.values())  # entering takes it off the list
             if track.pending is not None
         ]
         out += [self._exit(track) for track in self._tracks.values() if track.inside]

@@ -361,3 +361,20 @@ def test_a_gaen_phone_that_rotates_waits_a_moment_then_continues():
     [entry] = [e for e in events if e.key == new and e.type is EventType.ENTRY]
     assert entry.continues == old
     assert entry.at == pytest.approx(handover + 0.3, abs=0.3)  # stamped when it qualified
+
+
+def test_close_enters_the_keys_whose_link_still_waits():
+    old, new, other_old, other_new = "0a" * 12, "0b" * 12, "0c" * 12, "0d" * 12
+    # Both phones' new IDs have been on the air for 0.8 s when the gateway shuts down: their
+    # links wait, and their entries with them, in case another key continues the old ones.
+    until = BOUNDARY + 20.8
+    samples = android_bursts(old, new, phase=10, until=until)
+    samples += android_bursts(other_old, other_new, phase=9.8, until=until, rssi=-64)
+    tracker = PresenceTracker(policy())
+    events = run(tracker, [s for s in samples if s.t < until], until)
+    assert new not in {e.key for e in events}
+    events += tracker.close()
+    entries = {e.key: e for e in events if e.type is EventType.ENTRY}
+    exits = {e.key: e for e in events if e.type is EventType.EXIT}
+    assert set(entries) == set(exits) == {old, new, other_old, other_new}
+    assert entries[new].at < until

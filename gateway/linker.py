@@ -15,7 +15,9 @@ platform (`mismatch` says whether, and how well) when
   (``silence_s``; ``gaen_silence_s`` for GAEN's 4 adverts a second),
 - the old key was inside the zone when it went quiet (one that faded out had left),
 - their RSSI levels agree within ``rssi_tolerance_db`` plus their measuring error and, with
-  two adapters, some adapter heard both (the phone did not jump across the room), and
+  two adapters, some adapter heard both (the phone did not jump across the room); a phone
+  still moving when its old key fell quiet (someone walking in) is compared where it was
+  last heard, not by the slow mean that lags behind it, and
 - the timing is that of a rotation:
 
   - **Bluezone Android** takes a new ID when advertising restarts, and restarts every cycle:
@@ -26,9 +28,12 @@ platform (`mismatch` says whether, and how well) when
     burst began (the phone's own period, learned from the gaps between the old key's bursts
     by `learn_cycle`; within ``restart_tolerance_s``), and that burst began before the
     boundary. The phone's own rhythm is the cue that tells apart phones rotating at the same
-    boundary. The old ID's last advert came at least ``android_gap_s`` before the new one's
-    first (the phone was between bursts) and at most the pause plus ``android_late_s`` (it
-    was heard to the end of its burst: still there). A burst already on the air when the
+    boundary. The old ID's last advert came at least the pause before the new one's first
+    (alarms fire late, never early; ``pause_slack_s`` for the scan's report timing) and at
+    most the pause plus ``android_late_s`` (it was heard to the end of its burst: still
+    there); how far the pause ran over is weighed too, against the phone's own alarm
+    latency (half its cycle's overrun) plus the adverts lost at the pause's ends
+    (``detect_s``). A burst already on the air when the
     scan began is timed by its end; one whose start was missed (the person walked in during
     it) may have begun up to its unheard part earlier.
   - **BlueTrace** takes a new address at every 180 s burst, after a 5 s pause: the new key is
@@ -108,12 +113,25 @@ class LinkPolicy:
     android_gap_s: float = 3.0
     """Least silence between a Bluezone Android phone's old ID and its new one: its 5 s or
     15 s advertising pause, less lost adverts."""
+    pause_slack_s: float = 0.1
+    """How much shorter than its nominal pause the silence may seem: alarms never fire early,
+    and a burst's last advert is heard before it stops and the next one's first after it
+    starts, so only the scan's report timing."""
+    alarm_latency_s: float = 0.1
+    """An Android alarm's mean latency, until the phone's own is learned from its cycle."""
+    detect_s: float = 0.1
+    """How much longer the pause seems from adverts lost at its two ends, on average."""
     android_late_s: float = 3.0
     """Most the silence may exceed that pause: a phone still present is heard to the end of
     its burst (one that walked off went quiet earlier)."""
     rssi_tolerance_db: float = 6.0
     """How far the two keys' RSSI levels may differ beyond their measuring error (2.5
     standard errors): a phone moves a little, not across the room."""
+    moving_db: float = 5.0
+    """A key whose last second's level is this far off its slow mean was still moving (a
+    person walking in or out): the next key is compared with its last level."""
+    trend_share: float = 0.3
+    """The part of that last move a moving phone may have gone on with during the pause."""
     motion_db: float = 2.0
     """How much a still-seated phone's level wanders from one key to the next (scoring): a
     10 s mean under slow fading (2 dB, over 3 s) moves by about 1.5 dB from one to the next."""
@@ -121,16 +139,16 @@ class LinkPolicy:
     """Spread of the burst timing: advertising jitter and the first adverts lost (scoring)."""
     settled_se_db: float = 2.0
     """With several candidates, wait until the new key's level is known this well."""
-    margin: float = 3.0
+    margin: float = 2.0
     """How much better (-2 ln likelihood) the best assignment must be than the best one
-    without the link: odds of e^1.5, 4.5 to 1."""
+    without the link: odds of e, 2.7 to 1."""
     unlinked_cost: float = 12.0
     """What leaving a new key unlinked costs in the joint assignment (a new phone arrived):
     a link that matches worse than this is not made, whatever else fits."""
     min_stay_s: float = 30.0
     """However briefly a phone has been inside, it is taken to stay this long again (a
     visitor at the desk stays a while): the floor of its chance to stay (`_leave_cost`)."""
-    timing_floor_s: float = 0.05
+    timing_floor_s: float = 0.08
     """Least spread of a phone's learned cycle: the first advert of a burst is heard up to a
     lost advert or two late."""
 
@@ -156,6 +174,11 @@ class LinkPolicy:
             "android_gap_s",
             "android_late_s",
             "rssi_tolerance_db",
+            "pause_slack_s",
+            "alarm_latency_s",
+            "detect_s",
+            "moving_db",
+            "trend_share",
         ):
             if not getattr(self, name) > 0:
                 msg = f"{name} must be > 0"
@@ -219,6 +242,9 @@ class Trail(NamedTuple):
     scan began: its true start is then up to a burst earlier)."""
     rate_hz: float = 0.0
     """Adverts of this key heard per second (0 when too few to tell)."""
+    rssi_end: float | None = None
+    """The key's level over its last second or so (None: as ``rssi``): where a phone that was
+    still moving when the key fell quiet had got to."""
     dwell_s: float = 0.0
     """How long the phone had been inside, over the keys linked into its visit, when this
     key was last heard (0 for a key that never entered)."""
@@ -261,14 +287,15 @@ def mismatch(
     if old.first_heard >= new.first_heard or old.last_heard > new.first_heard + policy.overlap_s:
         return None
     spread = math.hypot(old.rssi_se, new.rssi_se)
-    level = abs(old.rssi - new.rssi)
+    expected, motion = _expected_level(old, policy)
+    level = abs(expected - new.rssi)
     if level > policy.rssi_tolerance_db + 2.5 * spread:
         return None
     if old.roles and new.roles and not old.roles & new.roles:
         return None
     if not old.inside_at_end:
         return None  # it went quiet outside the zone: it left, it did not rotate
-    score = _normal(level, math.hypot(policy.motion_db, spread), policy.motion_db)
+    score = _normal(level, math.hypot(motion, spread), policy.motion_db)
     timing = _timing(new, old, policy, phase)
     return None if timing is None else score + timing
 
@@ -277,27 +304,9 @@ def _timing(
     new: Trail, old: Trail, policy: LinkPolicy, phase: Callable[[float], float]
 ) -> float | None:
     """Return the squared z-score of the hand-over's timing, None if it is not a rotation."""
-    gap = new.first_heard - old.last_heard
     if new.app is App.BLUEZONE and new.platform is Platform.ANDROID:
-        since_boundary = phase(new.first_heard)
-        since_burst = new.first_heard - old.burst_start
-        if since_boundary > policy.rotation_window_s or gap < policy.android_gap_s:
-            return None  # not just after a quarter hour, or the old ID was still on the air
-        tolerance = policy.restart_tolerance_s
-        scores = []
-        for on, off, period, sigma in _android_cycles(old, policy):
-            # Its start unheard (the scan began during the burst): any start up to a burst
-            # before it was first heard, and the restart one pause after the burst ended.
-            earliest = old.burst_start - (0.0 if old.burst_seen else on)
-            if gap > off + policy.android_late_s or new.first_heard - earliest <= since_boundary:
-                continue  # not heard to the end of its burst, or it began after the boundary
-            if old.burst_seen:
-                error = _restart_error(since_burst, period, on, old, tolerance)
-            else:
-                error = abs(gap - off)
-            if error <= tolerance:
-                scores.append(_normal(error, sigma, policy.timing_sigma_s))
-        return min(scores, default=None)
+        return _android_timing(new, old, policy, phase(new.first_heard))
+    gap = new.first_heard - old.last_heard
     if new.app is App.BLUETRACE:
         # A new address at every 180 s burst, after a 5 s pause, heard once a second.
         on, off = BLUETRACE_CYCLE_S
@@ -312,6 +321,63 @@ def _timing(
     # likelier a long one (-2 ln of an exponential density at its rate, against 1 Hz).
     rate = min(max(old.rate_hz, MIN_RATE_HZ), MAX_RATE_HZ)
     return 2 * rate * max(gap, 0.0) - 2 * math.log(rate)
+
+
+def _android_timing(
+    new: Trail, old: Trail, policy: LinkPolicy, since_boundary: float
+) -> float | None:
+    """Return `_timing` for Bluezone Android: a restart one cycle on, after a full pause."""
+    gap = new.first_heard - old.last_heard
+    if since_boundary > policy.rotation_window_s or gap < policy.android_gap_s:
+        return None  # not just after a quarter hour, or the old ID was still on the air
+    since_burst = new.first_heard - old.burst_start
+    tolerance = policy.restart_tolerance_s
+    scores = []
+    for on, off, period, sigma in _android_cycles(old, policy):
+        # Its start unheard (the scan began during the burst): any start up to a burst
+        # before it was first heard, and the restart one pause after the burst ended.
+        earliest = old.burst_start - _unheard(old, on, tolerance)
+        if gap > off + policy.android_late_s or new.first_heard - earliest <= since_boundary:
+            continue  # not heard to the end of its burst, or it began after the boundary
+        if gap < off - policy.pause_slack_s:
+            continue  # the pause was cut short: alarms never fire early, so not this phone
+        if old.burst_seen:
+            error = _restart_error(since_burst, period, on, old, tolerance)
+        else:
+            error = abs(gap - off)
+        if error <= tolerance:
+            latency = (period - on - off) / 2 if old.cycle_s is not None else None
+            overrun = _pause_cost(gap - off, latency, policy)
+            scores.append(_normal(error, sigma, policy.timing_sigma_s) + overrun)
+    return min(scores, default=None)
+
+
+def _expected_level(old: Trail, policy: LinkPolicy) -> tuple[float, float]:
+    """Return the level the key continuing ``old`` should show, and its spread beyond error.
+
+    A phone sitting still keeps its slow mean, give or take ``motion_db``. One still moving
+    when its key fell quiet (its last second's level ``moving_db`` or more off the slow
+    mean: someone walking in or out) is where it was last heard, give or take also a part
+    (``trend_share``) of how far it had just moved.
+    """
+    end = old.rssi if old.rssi_end is None else old.rssi_end
+    trend = end - old.rssi
+    if abs(trend) < policy.moving_db:
+        return old.rssi, policy.motion_db
+    return end, math.hypot(policy.motion_db, policy.trend_share * trend)
+
+
+def _pause_cost(overrun: float, latency: float | None, policy: LinkPolicy) -> float:
+    """Return -2 ln of a Bluezone Android pause running ``overrun`` seconds long.
+
+    The restart alarm fires late by the phone's alarm latency (``latency``: half of how long
+    its learned cycle runs over the nominal one; ``alarm_latency_s`` until learned), and the
+    burst's last advert and the next one's first are heard a little early and late
+    (``detect_s``): an exponential law of that mean, relative to the nominal one.
+    """
+    mean = max(policy.alarm_latency_s if latency is None else latency, 0.0) + policy.detect_s
+    nominal = policy.alarm_latency_s + policy.detect_s
+    return 2 * max(overrun, 0.0) / mean + 2 * math.log(mean / nominal)
 
 
 def _handover_gap(trail: Trail, policy: LinkPolicy) -> float:

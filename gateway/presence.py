@@ -134,6 +134,7 @@ def _trail(track: _Track, sigma_db: float) -> Trail:
         cycle_s=None if cycle is None else cycle[0],
         cycle_sd_s=0.0 if cycle is None else cycle[1],
         dwell_s=track.t_last - track.visit_start if track.visit else 0.0,
+        rssi_end=track.weighted_sum / track.weight,
         rate_hz=(track.sightings - 1) / heard
         if (heard := track.t_last - track.first_seen)
         else 0.0,

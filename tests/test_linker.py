@@ -42,10 +42,16 @@ def link(
     return None if found is None else found.key
 
 
-def background_rotation(offset_s: float, key: str, rssi: float = -62.0) -> tuple[Trail, Trail]:
-    """A phone whose 15 s burst starts ``offset_s`` before the boundary (0 < offset < 30)."""
+def background_rotation(
+    offset_s: float, key: str, rssi: float = -62.0, stop_late_s: float = 0.0
+) -> tuple[Trail, Trail]:
+    """A phone whose 15 s burst starts ``offset_s`` before the boundary (0 < offset < 30).
+
+    ``stop_late_s``: how late the alarm that ends the burst fired.
+    """
     burst = BOUNDARY - offset_s
-    old = trail(f"old-{key}", BOUNDARY - 600, burst + 15, burst=burst, rssi=rssi, rssi_se=0.6)
+    last = burst + 15 + stop_late_s
+    old = trail(f"old-{key}", BOUNDARY - 600, last, burst=burst, rssi=rssi, rssi_se=0.6)
     new = trail(f"new-{key}", burst + 30.2, burst + 30.2, rssi=rssi + 1, rssi_se=1.0)
     return old, new
 
@@ -93,7 +99,7 @@ def test_the_link_waits_until_the_old_key_is_surely_silent_and_the_level_settled
 
 def test_a_rival_that_fits_the_same_predecessor_blocks_the_link():
     old, new = background_rotation(10, "a")
-    twin = new._replace(key="twin", first_heard=new.first_heard + 0.3)
+    twin = new._replace(key="twin", first_heard=new.first_heard + 0.1)
     assert link(new, old) == "old-a"
     assert link(new, old, rivals=(twin,)) is None
 
@@ -203,24 +209,31 @@ def test_a_phone_s_own_cycle_is_learned_from_the_gaps_between_its_bursts():
 
 
 def test_a_learned_rhythm_tells_apart_two_phones_rotating_a_third_of_a_second_apart():
-    (old_a, new_a), (old_b, _) = background_rotation(10, "a"), background_rotation(10.35, "b")
-    # Unknown rhythms: 0.35 s is within a phone's guessed spread: ambiguous.
+    # b's burst began 0.3 s before a's and ended with it: the pauses alone cannot tell.
+    (old_a, new_a), (old_b, _) = (
+        background_rotation(10, "a"),
+        background_rotation(10.3, "b", stop_late_s=0.3),
+    )
+    # Unknown rhythms: 0.3 s is within a phone's guessed spread: ambiguous.
     assert link(new_a, old_a, old_b) is None
     # Phone a restarts every 30.2 s, give or take 50 ms: the new key is its, on the dot.
     assert link(new_a, old_a._replace(cycle_s=30.2, cycle_sd_s=0.05), old_b) == "old-a"
-    # Had it been restarting every 30.0 s, the new key would be 4 of its spreads late.
+    # Had it been restarting every 30.0 s, the new key would be 2.5 of its spreads late.
     assert link(new_a, old_a._replace(cycle_s=30.0, cycle_sd_s=0.05), old_b) != "old-a"
 
 
 def test_a_rival_that_fits_another_old_key_better_explains_it_away():
     old_a, new_a = background_rotation(10, "a", rssi=-62.0)
-    old_b, new_b = background_rotation(10.35, "b", rssi=-60.0)
+    old_b, new_b = background_rotation(10.3, "b", rssi=-60.0, stop_late_s=0.3)
     assert link(new_a, old_a, old_b) is None  # alone, a could be either
     assert link(new_a, old_a, old_b, rivals=(new_b,)) == "old-a"  # b's new key is b's
 
 
 def test_a_phone_inside_for_an_hour_rotated_rather_than_left():
-    (old_a, new_a), (old_b, _) = background_rotation(10, "a"), background_rotation(10.35, "b")
+    (old_a, new_a), (old_b, _) = (
+        background_rotation(10, "a"),
+        background_rotation(10.3, "b", stop_late_s=0.3),
+    )
     assert link(new_a, old_a, old_b) is None
     # The guard who has sat there for an hour rotated; the visitor who came a moment ago left.
     assert link(new_a, old_a._replace(dwell_s=3600.0), old_b._replace(dwell_s=20.0)) == "old-a"
@@ -242,3 +255,24 @@ def test_a_long_silence_is_likelier_for_a_phone_heard_rarely():
     new = trail("new", t + 2.5, t + 5, app=App.BLUEZONE, platform=Platform.IOS)
     # 2.5 s without an advert: ordinary once a second, odd at four a second.
     assert link(new, rare, busy) == "old-rare"
+
+
+def test_a_pause_is_never_cut_short_and_its_overrun_is_weighed():
+    old, new = background_rotation(10, "a")  # its last advert 15.2 s before the new key's
+    assert link(new, old) == "old-a"
+    # Its burst heard 0.4 s longer: the new key came 14.8 s after, sooner than the phone
+    # can restart (alarms fire late, never early): another phone's.
+    assert link(new, old._replace(last_heard=old.last_heard + 0.4)) is None
+    # Two old keys whose bursts began together: the one that fell quiet a pause before the
+    # new key's first advert fits; one quiet 1.2 s longer would have restarted sooner.
+    early = old._replace(key="old-early", last_heard=old.last_heard - 1.0)
+    assert link(new, old, early) == "old-a"
+
+
+def test_a_phone_walking_in_is_compared_where_it_was_last_heard():
+    burst = BOUNDARY - 10
+    # Heard coming in from the door, its slow mean lags 12 dB behind its last second.
+    old = trail("old", burst, burst + 15, burst=burst, rssi=-75.0, rssi_se=0.7, rssi_end=-63.0)
+    new = trail("new", burst + 30.2, burst + 30.2, rssi=-61.0, rssi_se=1.5)
+    assert link(new, old) == "old"
+    assert link(new, old._replace(rssi_end=None)) is None  # a phone that sat still at -75

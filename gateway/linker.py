@@ -33,11 +33,13 @@ platform (`mismatch` says whether, and how well) when
     most the pause plus ``android_late_s`` (it was heard to the end of its burst: still
     there); how far the pause ran over is weighed too, against the phone's own alarm
     latency (half its cycle's overrun) plus the adverts lost at the pause's ends
-    (``detect_s``). A burst already on the air when the
-    scan began is timed by its end; one whose start was missed (the person walked in during
-    it) may have begun up to its unheard part earlier.
+    (``detect_s``). However badly the timing fits, it counts no more than
+    ``timing_outlier_cost``: a few adverts lost in a row put any phone off now and then. A
+    burst already on the air when the scan began is timed by its end; one whose start was
+    missed (the person walked in during it) may have begun up to its unheard part earlier.
   - **BlueTrace** takes a new address at every 180 s burst, after a 5 s pause: the new key is
-    first heard one 185 s cycle after the old one was (within ``bluetrace_tolerance_s``).
+    first heard one 185 s cycle after the old one was (within ``bluetrace_tolerance_s``),
+    and at least the pause after the old one's last advert (a timer, never early either).
   - **Others** (GAEN, a Bluezone iPhone keyed by its address) rotate without a pause in their
     advertising: the new key is first heard within ``handover_gap_s`` (``ios_gap_s``) of the
     old key's last advert, a long silence weighing more for a key heard often.
@@ -137,6 +139,10 @@ class LinkPolicy:
     10 s mean under slow fading (2 dB, over 3 s) moves by about 1.5 dB from one to the next."""
     timing_sigma_s: float = 0.35
     """Spread of the burst timing: advertising jitter and the first adverts lost (scoring)."""
+    timing_outlier_cost: float = 12.0
+    """Where a Bluezone Android hand-over's timing cost levels off: one that fits worse is
+    taken for a phone whose adverts were lost at the wrong moment, not for another phone
+    (the timing law is a normal one mixed with a flat one, e^-6 as likely at its peak)."""
     settled_se_db: float = 2.0
     """With several candidates, wait until the new key's level is known this well."""
     margin: float = 2.0
@@ -148,7 +154,7 @@ class LinkPolicy:
     min_stay_s: float = 30.0
     """However briefly a phone has been inside, it is taken to stay this long again (a
     visitor at the desk stays a while): the floor of its chance to stay (`_leave_cost`)."""
-    timing_floor_s: float = 0.08
+    timing_floor_s: float = 0.12
     """Least spread of a phone's learned cycle: the first advert of a burst is heard up to a
     lost advert or two late."""
 
@@ -179,6 +185,7 @@ class LinkPolicy:
             "detect_s",
             "moving_db",
             "trend_share",
+            "timing_outlier_cost",
         ):
             if not getattr(self, name) > 0:
                 msg = f"{name} must be > 0"
@@ -314,6 +321,11 @@ def _timing(
         error = _restart_error(new.first_heard - old.burst_start, on + off, on, old, tolerance)
         if gap > off + policy.bluetrace_late_s or error > tolerance:
             return None
+        if gap < off - policy.pause_slack_s:
+            return None  # its pause is a timer too: never cut short
+        # The pause seems longer by the adverts missed at its two ends, one interval between
+        # heard adverts on average (an exponential law of that mean, against 1 s).
+        rate = min(max(old.rate_hz, MIN_RATE_HZ), MAX_RATE_HZ)
         return (error / tolerance * 2) ** 2
     if gap > _handover_gap(new, policy):
         return None
@@ -349,7 +361,11 @@ def _android_timing(
             latency = (period - on - off) / 2 if old.cycle_s is not None else None
             overrun = _pause_cost(gap - off, latency, policy)
             scores.append(_normal(error, sigma, policy.timing_sigma_s) + overrun)
-    return min(scores, default=None)
+    if not scores:
+        return None
+    # A few adverts lost in a row at the burst's end or the next one's start put any phone's
+    # timing off now and then: the normal law mixed with a flat one, the worst fit levels off.
+    return -2 * math.log(math.exp(-min(scores) / 2) + math.exp(-policy.timing_outlier_cost / 2))
 
 
 def _expected_level(old: Trail, policy: LinkPolicy) -> tuple[float, float]:

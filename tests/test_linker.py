@@ -165,7 +165,7 @@ def test_keys_that_rotate_without_a_pause_hand_over_within_a_gap(app, platform, 
 
 @pytest.mark.parametrize(
     ("burst_s", "gap_s", "linked"),
-    [(185.5, 6.0, True), (185.5, 12.0, False), (190.0, 6.0, False)],
+    [(185.5, 6.0, True), (185.5, 12.0, False), (190.0, 6.0, False), (185.5, 4.5, False)],
 )
 def test_bluetrace_changes_address_one_185_s_cycle_after_its_last(burst_s, gap_s, linked):
     t = BOUNDARY + 321
@@ -218,7 +218,7 @@ def test_a_learned_rhythm_tells_apart_two_phones_rotating_a_third_of_a_second_ap
     assert link(new_a, old_a, old_b) is None
     # Phone a restarts every 30.2 s, give or take 50 ms: the new key is its, on the dot.
     assert link(new_a, old_a._replace(cycle_s=30.2, cycle_sd_s=0.05), old_b) == "old-a"
-    # Had it been restarting every 30.0 s, the new key would be 2.5 of its spreads late.
+    # Had it been restarting every 30.0 s, the new key would be 0.2 s late, beyond its spread.
     assert link(new_a, old_a._replace(cycle_s=30.0, cycle_sd_s=0.05), old_b) != "old-a"
 
 
@@ -276,3 +276,13 @@ def test_a_phone_walking_in_is_compared_where_it_was_last_heard():
     new = trail("new", burst + 30.2, burst + 30.2, rssi=-61.0, rssi_se=1.5)
     assert link(new, old) == "old"
     assert link(new, old._replace(rssi_end=None)) is None  # a phone that sat still at -75
+
+
+def test_a_badly_timed_rotation_counts_only_so_much():
+    # A steady phone (30.0 s cycle, 40 ms spread) whose new key was first heard 0.6 s late:
+    # its first adverts were lost. Five spreads off, but no other phone could have.
+    old, new = background_rotation(10, "a")
+    new = new._replace(first_heard=new.first_heard + 0.4, last_heard=new.last_heard + 0.4)
+    steady = old._replace(cycle_s=30.0, cycle_sd_s=0.04)
+    assert link(new, steady._replace(dwell_s=3600.0)) == "old-a"  # the guard rotated
+    assert link(new, steady._replace(dwell_s=20.0)) is None  # a visitor may have left

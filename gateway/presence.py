@@ -61,6 +61,9 @@ OPENING_S: Final = 1.0
 CYCLES_KEPT: Final = 8
 """Gaps between a Bluezone Android key's burst starts kept to learn the phone's cycle."""
 
+RECHECK_S: Final = 0.25
+"""A key whose link waits is weighed again at most this often, not at each of its adverts."""
+
 LEVEL_S: Final = 10.0
 """Time constant of the slow RSSI mean the linker compares keys by (their level, not a blip)."""
 
@@ -169,6 +172,7 @@ class _Track:
         "pending",
         "pending_counts",
         "platform",
+        "recheck_at",
         "rolling_id",
         "rssi_max",
         "sightings",
@@ -198,6 +202,8 @@ class _Track:
         self.pending_counts: tuple[int, int] | None = None
         """(sightings, rssi_max) when it qualified: what its entry reports."""
         """When the track qualified to enter while its link could not be decided yet."""
+        self.recheck_at = 0.0
+        """While its link waits: when to weigh it again (`RECHECK_S`)."""
         self.chain_hint: tuple[int, str | None] | None = None
         """(chain, rolling ID) the next entry continues: this address's previous ID."""
         self.claimed = False
@@ -474,6 +480,8 @@ class PresenceTracker:
         """Enter, unless the link waits to be decided (then enter later, at ``t``)."""
         if self.policy.link and track.chain_hint is None:
             waited = 0.0 if track.pending is None else t - track.pending
+            if track.pending is not None and t < track.recheck_at:
+                return None  # weighed a moment ago: a few more adverts change little
             if waited < self._link.max_wait_s:
                 candidates, rivals = self._candidates(track, t)
                 if undecided(
@@ -489,6 +497,7 @@ class PresenceTracker:
                         track.weak_since = None
                         track.pending_counts = (track.sightings, track.rssi_max)
                         self._pending[track.key] = track
+                    track.recheck_at = t + RECHECK_S
                     return None
         return self._enter(track, t if track.pending is None else track.pending, t)
 

@@ -122,7 +122,7 @@ def _occupant(t: _Track) -> Occupant:
 
 def _trail(track: _Track, sigma_db: float) -> Trail:
     """Return what the linker needs to know of a track (``sigma_db``: one advert's jitter)."""
-    cycle = None if track.intervals is None else learn_cycle(track.intervals)
+    cycle = track.cycle
     return Trail(
         key=track.key,
         app=track.app,
@@ -159,6 +159,7 @@ class _Track:
         "claimed",
         "close_run",
         "continues",
+        "cycle",
         "first_heard",
         "first_seen",
         "inside",
@@ -195,6 +196,8 @@ class _Track:
         self.intervals: deque[float] | None = None
         """Bluezone Android: the latest gaps between burst starts (the phone's own cycle), from
         its second burst on."""
+        self.cycle: tuple[float, float] | None = None
+        """The phone's (period, spread) learned from ``intervals`` (`learn_cycle`)."""
         self.chain = 0
         """Visit number of the first key of this phone's visit (see `PresenceEvent.chain`)."""
         self.continues: str | None = None
@@ -364,6 +367,7 @@ class PresenceTracker:
                 if track.intervals is None:
                     track.intervals = deque(maxlen=CYCLES_KEPT)
                 track.intervals.append(t - track.burst_start)
+                track.cycle = learn_cycle(track.intervals)
             track.address = s.address
             track.burst_start = t
         if s.rolling_id != track.rolling_id and s.rolling_id is not None:

@@ -686,7 +686,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         first_seq = store.last_seq + 1
         # Capture time is Unix time and taken as it is: replay trusts the capture's clock.
         pipeline = Pipeline(
-            PresenceTracker(cfg.presence),
+            PresenceTracker(cfg.presence, link=cfg.link),
             store,
             wall=float,
             clock_synced=lambda: True,

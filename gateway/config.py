@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from gateway.linker import LinkPolicy
 from gateway.model import GatewayError, PresencePolicy
 
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -322,6 +323,8 @@ class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     store: StoreSection = field(default_factory=StoreSection)
     presence: PresencePolicy = field(default_factory=PresencePolicy)
+    link: LinkPolicy = field(default_factory=LinkPolicy)
+    """The linker's parameters (gateway/linker.py); ``[presence] link`` switches it."""
     scanner: ScannerSection = field(default_factory=ScannerSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     web: WebSection = field(default_factory=WebSection)
@@ -339,6 +342,7 @@ _SECTIONS: Final[dict[str, type]] = {
     "gateway": GatewaySection,
     "store": StoreSection,
     "presence": PresencePolicy,
+    "link": LinkPolicy,
     "scanner": ScannerSection,
     "mqtt": MqttSection,
     "web": WebSection,
@@ -388,10 +392,13 @@ def parse(text: str, path: Path | None = None) -> Config:
 
 
 def _section(cls: type, name: str, table: dict[str, Any], text: str, where: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if (name, f.name) not in _NOT_KEYS}
     values: dict[str, Any] = {}
     for key, value in table.items():
         at = f"{where}{_line(text, name, key)}"
+        if (name, key) in _NOT_KEYS:
+            msg = f"{at}: {name}.{key} is not set here: {_NOT_KEYS[name, key]}"
+            raise ConfigError(msg)
         f = fields.get(key)
         if f is None:
             msg = f"{at}: unknown key {name}.{key} (known: {', '.join(fields)})"
@@ -424,6 +431,11 @@ def _with_hysteresis(values: dict[str, Any]) -> dict[str, Any]:
         return {**values, "enter_rssi": min(exit_ + _HYSTERESIS_DB, 20.0)}
     return values
 
+
+_NOT_KEYS: Final[dict[tuple[str, str], str]] = {
+    ("link", "enabled"): "[presence] link switches linking on or off",
+}
+"""Fields of a section's class that the file does not set, and what to set instead."""
 
 # What each key holds; anything not listed is a number (int or float).
 _FIELD_TYPES: Final[dict[tuple[str, str], Any]] = {

@@ -159,7 +159,7 @@ class Daemon:
                 _LOGGER.info("SIGHUP: presence thresholds now %s", fresh.presence)
             others = [
                 name
-                for name in ("gateway", "store", "scanner", "mqtt", "web")
+                for name in ("gateway", "store", "link", "scanner", "mqtt", "web")
                 if getattr(fresh, name) != getattr(self.config, name)
             ]
             if others:
@@ -193,6 +193,7 @@ class Daemon:
                 PresenceTracker(
                     cfg.presence,
                     roles=cfg.scanner.role_of(),
+                    link=cfg.link,
                     phase=quarter_hour_phase(self._wall_time),  # adverts: monotonic clock
                 ),
                 store,

@@ -382,6 +382,9 @@ def test_replay_with_the_minimal_config(capture: Capture, tmp_path: Path) -> Non
             ["bad.toml:2:", "retention_days"],
             id="negative-retention",
         ),
+        pytest.param(
+            "[link]\nmargin = -1\n", ["bad.toml:2:", "margin must be > 0"], id="link-margin"
+        ),
     ],
 )
 def test_replay_with_a_bad_config_exits_2(
@@ -392,6 +395,26 @@ def test_replay_with_a_bad_config_exits_2(
     assert_usage_error(proc, *needles)
     assert proc.stdout == b""
     assert not (tmp_path / "never.db").exists()  # config is checked before the database
+
+
+def test_replay_takes_the_linker_s_parameters_from_the_config(tmp_path: Path) -> None:
+    # Eight minutes across 07:15Z: every Bluezone Android phone inside then rotates its ID.
+    path = tmp_path / "rotation.jsonl"
+    start = "2020-08-08T07:11:00Z"
+    args = ["--people", "60", "--minutes", "8", "--seed", "3", "--start", start, "--out"]
+    assert gateway("simulate", *args, path).returncode == 0
+
+    def continuing(config: str) -> int:
+        (tmp_path / "gateway.toml").write_text(config)
+        db = tmp_path / f"{len(config)}.db"
+        proc = gateway("replay", path, "--db", db, "--config", "gateway.toml", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr.decode()
+        events = jsonl(gateway("events", "--db", db, "--format", "jsonl").stdout)
+        return sum(1 for e in events if e["continues"])
+
+    assert continuing("[presence]\nlink = true\n") > 0
+    # Leaving a new key unlinked costs next to nothing: no link is worth making.
+    assert continuing("[presence]\nlink = true\n[link]\nunlinked_cost = 0.01\n") == 0
 
 
 def test_replay_of_a_missing_capture_exits_2(tmp_path: Path) -> None:

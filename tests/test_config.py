@@ -18,6 +18,7 @@ from gateway.config import (
     load,
     parse,
 )
+from gateway.linker import LinkPolicy
 from gateway.model import PresencePolicy
 
 
@@ -129,6 +130,13 @@ max_devices = 100
     assert isinstance(cfg.presence.enter_rssi, float)
     assert isinstance(cfg.presence.max_devices, int)
     assert cfg.db_path == tmp_path / "ev.db"
+
+
+def test_the_linker_s_parameters_have_their_own_section() -> None:
+    cfg = parse("[presence]\nlink = true\n[link]\nrestart_tolerance_s = 0.8\nmargin = 3\n")
+    assert cfg.link == LinkPolicy(restart_tolerance_s=0.8, margin=3.0)
+    assert cfg.presence.link
+    assert parse("").link == LinkPolicy()
 
 
 def test_paths_expand_the_home_dir(tmp_path: Path) -> None:
@@ -247,6 +255,10 @@ ERRORS = [
         ":3:",
         "not valid TOML",
         id="duplicate-key",
+    ),
+    pytest.param("[link]\nmargin = 0\n", ":2:", "margin must be > 0", id="link-margin"),
+    pytest.param(
+        "[link]\nmargin = 2\nenabled = false\n", ":3:", "[presence] link", id="link-enabled"
     ),
 ]
 

@@ -48,7 +48,6 @@ EXIT_OK: Final = 0
 EXIT_BAD_INPUT: Final = 1
 EXIT_USAGE: Final = 2
 MAX_PENDING_SHOWN: Final = 10_000_000
-"""Replay ends silent visits once per second of capture time, as the daemon's ticker does."""
 PROGRESS_S: Final = 0.25
 RUNNER_UP_WARN: Final = 0.75
 """Calibration: another phone heard this often, relative to the reference, deserves a word."""

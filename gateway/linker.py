@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Final, NamedTuple
 
 from gateway.model import App, Platform
@@ -159,34 +159,8 @@ class LinkPolicy:
     lost advert or two late."""
 
     def __post_init__(self) -> None:
-        """Check that every duration is positive."""
-        for name in (
-            "rotation_window_s",
-            "restart_tolerance_s",
-            "handover_gap_s",
-            "ios_gap_s",
-            "bluetrace_late_s",
-            "bluetrace_tolerance_s",
-            "overlap_s",
-            "motion_db",
-            "timing_sigma_s",
-            "settled_se_db",
-            "margin",
-            "unlinked_cost",
-            "timing_floor_s",
-            "min_stay_s",
-            "silence_s",
-            "gaen_silence_s",
-            "android_gap_s",
-            "android_late_s",
-            "rssi_tolerance_db",
-            "pause_slack_s",
-            "alarm_latency_s",
-            "detect_s",
-            "moving_db",
-            "trend_share",
-            "timing_outlier_cost",
-        ):
+        """Check that every parameter (all but the switch) is positive."""
+        for name in (f.name for f in fields(self) if f.name != "enabled"):
             if not getattr(self, name) > 0:
                 msg = f"{name} must be > 0"
                 raise ValueError(msg)
@@ -323,9 +297,6 @@ def _timing(
             return None
         if gap < off - policy.pause_slack_s:
             return None  # its pause is a timer too: never cut short
-        # The pause seems longer by the adverts missed at its two ends, one interval between
-        # heard adverts on average (an exponential law of that mean, against 1 s).
-        rate = min(max(old.rate_hz, MIN_RATE_HZ), MAX_RATE_HZ)
         return (error / tolerance * 2) ** 2
     if gap > _handover_gap(new, policy):
         return None

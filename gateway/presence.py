@@ -544,8 +544,7 @@ class PresenceTracker:
         if android and self._phase(track.born) > link.rotation_window_s:
             return [], []  # not just after a quarter hour: it rotated nothing
         horizon = now - link.lookback_s
-        while self._young and self._young[0].born < horizon:
-            self._young.popleft()
+        self._trim_link_memory(horizon)
         rivals = []
         for other in reversed(self._young):  # newest first
             if other.born < track.born - link.rival_window_s:

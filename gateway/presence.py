@@ -591,12 +591,34 @@ class PresenceTracker:
         track.chain = old.chain or old.visit
         track.continues = old.rolling_id
         track.visit_start = old.visit_start
+        self._inherit_cycle(track, old)
+
+    def _inherit_cycle(self, track: _Track, old: _Track) -> None:
+        """Give a Bluezone Android key the rhythm its phone showed under the key it continues.
+
+        The cycle is the phone's, not the ID's: a key a few bursts old would otherwise be
+        weighed as if its phone's rhythm were unknown, at the next quarter hour or when
+        another phone's new ID seems to continue it. The restart between the two keys is
+        one more cycle, when the old key's burst began in view.
+        """
+        if not (track.app is App.BLUEZONE and track.platform is Platform.ANDROID):
+            return
+        intervals: deque[float] = deque(old.intervals or (), maxlen=CYCLES_KEPT)
+        if not self._opened_during(old):
+            intervals.append(track.born - old.burst_start)
+        intervals.extend(track.intervals or ())
+        track.intervals = intervals
+        track.cycle = learn_cycle(intervals)
 
     def _trail(self, track: _Track) -> Trail:
         trail = _trail(track, self.policy.rssi_sigma_db)
-        if self._opened is not None and track.burst_start - self._opened < OPENING_S:
+        if self._opened_during(track):
             return trail._replace(burst_seen=False)
         return trail
+
+    def _opened_during(self, track: _Track) -> bool:
+        """Whether the track's current burst was already on the air when the scan began."""
+        return self._opened is not None and track.burst_start - self._opened < OPENING_S
 
     def _silent_since(self, since: float, horizon: float) -> Iterator[_Track]:
         """Yield tracks last heard between ``horizon`` and ``since``: the keys that fell quiet.

@@ -378,3 +378,24 @@ def test_close_enters_the_keys_whose_link_still_waits():
     exits = {e.key: e for e in events if e.type is EventType.EXIT}
     assert set(entries) == set(exits) == {old, new, other_old, other_new}
     assert entries[new].at < until
+
+
+def test_a_new_key_is_weighed_with_the_rhythm_its_phone_showed_under_the_old_one():
+    staff_old, staff_new, visitor = "0a" * 12, "0b" * 12, "0e" * 12
+    # The guard's phone (15 s on, 15 s off) took its new ID in a burst from 9.8 s past the
+    # quarter hour. A visitor's phone is first heard 5.1 s after that burst ended, and held
+    # to the gateway 4 s later (a check-in: its entry is decided then). Were the guard's new
+    # key taken for a phone of unknown rhythm, the visitor's could be its next burst after
+    # the app was opened (60 s on, 5 s off, its start unheard); the phone showed 30 s.
+    samples = android_bursts(staff_old, staff_new, phase=20.2, until=BOUNDARY + 120, rssi=-66)
+    arrival = BOUNDARY + 29.9
+    samples += [
+        sighting(visitor, -40 if 4 <= i * 0.1 < 5 else -62, arrival + i * 0.1)._replace(
+            address="6B:00:00:00:00:01"
+        )
+        for i in range(150)
+    ]
+    events = run(PresenceTracker(policy()), samples, BOUNDARY + 200)
+    entries = {e.key: e for e in events if e.type is EventType.ENTRY}
+    assert entries[staff_new].continues == staff_old
+    assert entries[visitor].continues is None

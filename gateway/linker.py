@@ -123,6 +123,10 @@ class LinkPolicy:
     """An Android alarm's mean latency, until the phone's own is learned from its cycle."""
     detect_s: float = 0.1
     """How much longer the pause seems from adverts lost at its two ends, on average."""
+    first_advert_s: float = 0.3
+    """How long a burst may have been on the air before its first advert was heard: the
+    first comes up to one 100 ms interval in, and one or two may be lost. A burst first
+    heard just after a quarter hour may have begun just before it, with the old ID."""
     android_late_s: float = 3.0
     """Most the silence may exceed that pause: a phone still present is heard to the end of
     its burst (one that walked off went quiet earlier)."""
@@ -132,7 +136,7 @@ class LinkPolicy:
     moving_db: float = 5.0
     """A key whose last second's level is this far off its slow mean was still moving (a
     person walking in or out): the next key is compared with its last level."""
-    trend_share: float = 0.3
+    trend_share: float = 0.45
     """The part of that last move a moving phone may have gone on with during the pause."""
     motion_db: float = 2.0
     """How much a still-seated phone's level wanders from one key to the next (scoring): a
@@ -267,8 +271,9 @@ def mismatch(
         return None
     if old.first_heard >= new.first_heard or old.last_heard > new.first_heard + policy.overlap_s:
         return None
-    spread = math.hypot(old.rssi_se, new.rssi_se)
-    expected, motion = _expected_level(old, policy)
+    expected, moved = _expected_level(old, policy)
+    # Measuring error, and how far a phone still moving may have gone on (0 for one at rest).
+    spread = math.hypot(old.rssi_se, new.rssi_se, moved)
     level = abs(expected - new.rssi)
     if level > policy.rssi_tolerance_db + 2.5 * spread:
         return None
@@ -276,7 +281,7 @@ def mismatch(
         return None
     if not old.inside_at_end:
         return None  # it went quiet outside the zone: it left, it did not rotate
-    score = _normal(level, math.hypot(motion, spread), policy.motion_db)
+    score = _normal(level, math.hypot(policy.motion_db, spread), policy.motion_db)
     timing = _timing(new, old, policy, phase)
     return None if timing is None else score + timing
 
@@ -319,7 +324,7 @@ def _android_timing(
     for on, off, period, sigma in _android_cycles(old, policy):
         # Its start unheard (the scan began during the burst): any start up to a burst
         # before it was first heard, and the restart one pause after the burst ended.
-        earliest = old.burst_start - _unheard(old, on, tolerance)
+        earliest = old.burst_start - _unheard(old, on, tolerance) - policy.first_advert_s
         if gap > off + policy.android_late_s or new.first_heard - earliest <= since_boundary:
             continue  # not heard to the end of its burst, or it began after the boundary
         if gap < off - policy.pause_slack_s:
@@ -340,18 +345,19 @@ def _android_timing(
 
 
 def _expected_level(old: Trail, policy: LinkPolicy) -> tuple[float, float]:
-    """Return the level the key continuing ``old`` should show, and its spread beyond error.
+    """Return the level the key continuing ``old`` should show, and how far it may have moved.
 
-    A phone sitting still keeps its slow mean, give or take ``motion_db``. One still moving
-    when its key fell quiet (its last second's level ``moving_db`` or more off the slow
-    mean: someone walking in or out) is where it was last heard, give or take also a part
-    (``trend_share``) of how far it had just moved.
+    A phone sitting still keeps its slow mean, give or take ``motion_db`` (0 returned: no
+    more than that). One still moving when its key fell quiet (its last second's level
+    ``moving_db`` or more off the slow mean: someone walking in or out) is where it was last
+    heard, give or take a part (``trend_share``) of how far it had just moved: in the gate
+    as in the score, as the levels' measuring error is.
     """
     end = old.rssi if old.rssi_end is None else old.rssi_end
     trend = end - old.rssi
     if abs(trend) < policy.moving_db:
-        return old.rssi, policy.motion_db
-    return end, math.hypot(policy.motion_db, policy.trend_share * trend)
+        return old.rssi, 0.0
+    return end, policy.trend_share * abs(trend)
 
 
 def _pause_cost(overrun: float, latency: float | None, policy: LinkPolicy) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -147,6 +148,17 @@ def test_an_old_burst_that_began_after_the_boundary_is_not_a_rotation():
     assert link(new, old) is None
 
 
+def test_a_burst_first_heard_just_after_the_boundary_may_have_begun_before_it():
+    # Its first advert came 0.2 s into the quarter hour: one or two adverts lost, so the
+    # burst may well have begun before it, with the old ID, which the next burst replaced.
+    burst = BOUNDARY + 0.2
+    old = trail("old", BOUNDARY - 300, burst + 14.9, burst=burst, rssi_se=0.6)
+    new = trail("new", burst + 30.1, burst + 30.1, rssi_se=1.0)
+    assert link(new, old) == "old"
+    strict = dataclasses.replace(POLICY, first_advert_s=0.01)
+    assert find_predecessor(new, [old], [], strict, PHASE, new.first_heard + 5) is None
+
+
 @pytest.mark.parametrize(
     ("app", "platform", "gap_s", "linked"),
     [
@@ -276,6 +288,10 @@ def test_a_phone_walking_in_is_compared_where_it_was_last_heard():
     new = trail("new", burst + 30.2, burst + 30.2, rssi=-61.0, rssi_se=1.5)
     assert link(new, old) == "old"
     assert link(new, old._replace(rssi_end=None)) is None  # a phone that sat still at -75
+    # Still coming closer: 11 dB past where it was last heard is within reach of its walk.
+    closer = new._replace(rssi=-52.0)
+    assert link(closer, old) == "old"
+    assert link(closer, old._replace(rssi=-64.0)) is None  # it had moved 1 dB, not 12
 
 
 def test_a_badly_timed_rotation_counts_only_so_much():

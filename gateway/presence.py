@@ -67,6 +67,11 @@ RECHECK_S: Final = 0.25
 LEVEL_S: Final = 10.0
 """Time constant of the slow RSSI mean the linker compares keys by (their level, not a blip)."""
 
+HELD_S: Final = 10.0
+"""Adverts at check-in strength (the phone held to the gateway) are left out of the levels the
+linker compares keys by, where the person stands, unless the phone has been heard at no other
+strength for this long: then it lies by the gateway."""
+
 WAITING_S: Final = 30.0
 """Scale of the extra evidence asked of a device heard outside for long (see `_patience`)."""
 
@@ -137,7 +142,7 @@ def _trail(track: _Track, sigma_db: float) -> Trail:
         cycle_s=None if cycle is None else cycle[0],
         cycle_sd_s=0.0 if cycle is None else cycle[1],
         dwell_s=track.t_last - track.visit_start if track.visit else 0.0,
-        rssi_end=track.weighted_sum / track.weight,
+        rssi_end=track.rest_sum / track.rest_w,
         rate_hz=(track.sightings - 1) / heard
         if (heard := track.t_last - track.first_seen)
         else 0.0,
@@ -174,6 +179,9 @@ class _Track:
         "pending_counts",
         "platform",
         "recheck_at",
+        "rest_at",
+        "rest_sum",
+        "rest_w",
         "rolling_id",
         "rssi_max",
         "sightings",
@@ -232,21 +240,29 @@ class _Track:
         self.first_heard: dict[str, float] = {}
         """Role → first time heard by that side's adapter in this approach (two adapters)."""
         self.last_heard: dict[str, float] = {}
-        self.weighted_sum = self.level_sum = float(rssi)
-        self.weight = self.weight_sq = self.level_w = self.level_w2 = 1.0
+        self.weighted_sum = self.level_sum = self.rest_sum = float(rssi)
+        self.weight = self.weight_sq = self.level_w = self.level_w2 = self.rest_w = 1.0
+        self.rest_at = t
+        """When a sample last went into the levels the linker compares (``level_*`` and
+        ``rest_*``, the fast mean without the phone held to the gateway)."""
         self.t_last = t
         self.first_seen = t
         self.sightings = 1
         self.rssi_max = rssi
 
-    def add(self, t: float, rssi: int, smoothing_s: float) -> None:
-        """Decay the old samples by the time since the last one, then add this one."""
+    def add(self, t: float, rssi: int, smoothing_s: float, *, held: bool = False) -> None:
+        """Decay the old samples by the time since the last one, then add this one.
+
+        ``held``: at check-in strength; left out of the linker's levels (`HELD_S`).
+        """
         dt = t - self.t_last
         if dt > 0:  # a slightly late advert (another adapter) just adds to the mean
             decay = math.exp(-dt / smoothing_s)
             self.weighted_sum *= decay
             self.weight *= decay
             self.weight_sq *= decay * decay
+            self.rest_sum *= decay
+            self.rest_w *= decay
             slow = math.exp(-dt / LEVEL_S)
             self.level_sum *= slow
             self.level_w *= slow
@@ -255,12 +271,17 @@ class _Track:
         self.weighted_sum += rssi
         self.weight += 1.0
         self.weight_sq += 1.0
-        self.level_sum += rssi
-        self.level_w += 1.0
-        self.level_w2 += 1.0
         self.sightings += 1
         if rssi > self.rssi_max:
             self.rssi_max = rssi
+        if held and t - self.rest_at < HELD_S:
+            return
+        self.rest_at = t
+        self.rest_sum += rssi
+        self.rest_w += 1.0
+        self.level_sum += rssi
+        self.level_w += 1.0
+        self.level_w2 += 1.0
 
 
 class PresenceTracker:
@@ -379,13 +400,13 @@ class PresenceTracker:
             out += self._end_visit(track, t)
             track.restart(t, s.rssi)
         else:
-            track.add(t, s.rssi, p.smoothing_s)
+            track.add(t, s.rssi, p.smoothing_s, held=s.rssi >= p.checkin_rssi)
 
     def _new_id(self, track: _Track, s: Sighting, out: list[PresenceEvent | CheckIn]) -> None:
         """An iPhone (keyed by address) whose rolling ID was learned, or changed."""
         if track.rolling_id is None:
             track.rolling_id = s.rolling_id  # learned over GATT: the visit goes on, now with it
-            track.add(s.t, s.rssi, self.policy.smoothing_s)
+            track.add(s.t, s.rssi, self.policy.smoothing_s, held=s.rssi >= self.policy.checkin_rssi)
             return
         # A new quarter hour, a new ID: per-ID visits, as for Android phones. The address is
         # the same, so the next visit surely continues this one.

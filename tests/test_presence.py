@@ -399,3 +399,34 @@ def test_a_new_key_is_weighed_with_the_rhythm_its_phone_showed_under_the_old_one
     entries = {e.key: e for e in events if e.type is EventType.ENTRY}
     assert entries[staff_new].continues == staff_old
     assert entries[visitor].continues is None
+
+
+def test_a_phone_held_to_the_gateway_is_linked_where_its_owner_stands():
+    old, new = "0a" * 12, "0b" * 12
+    # Seated at -72, the visitor holds the phone to the gateway (a check-in) for the last 3 s
+    # of the old ID's last burst, then puts it back: the new ID is heard at -72 again. The
+    # held adverts say where the phone was for a moment, not where its owner is.
+    samples = [
+        s._replace(rssi=-40) if BOUNDARY + 2 <= s.t < BOUNDARY + 5 else s
+        for s in android_bursts(old, new, phase=10, until=BOUNDARY + 120, rssi=-72)
+    ]
+    events = run(PresenceTracker(policy()), samples, BOUNDARY + 200)
+    entries = {e.key: e for e in events if e.type is EventType.ENTRY}
+    assert entries[new].continues == old
+
+
+def test_a_phone_lying_by_the_gateway_is_linked_at_the_level_it_lies_at():
+    # Heard at check-in strength and nothing else for over two hours: it lies there, and
+    # that is its level (not a level left over from before, ever less sure).
+    old, new = "0a" * 12, "0b" * 12
+    samples = [
+        sighting(old if start < BOUNDARY else new, -40, start + i * 0.5)._replace(
+            address=f"5A:1F:33:0C:{n // 256:02X}:{n % 256:02X}"
+        )
+        for n, start in enumerate(BOUNDARY - 7610.0 + 30.0 * k for k in range(258))
+        for i in range(30)
+    ]
+    tracker = PresenceTracker(policy())
+    events = run(tracker, samples, BOUNDARY + 200)
+    entries = {e.key: e for e in events if e.type is EventType.ENTRY}
+    assert entries[new].continues == old

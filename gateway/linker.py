@@ -17,7 +17,8 @@ platform (`mismatch` says whether, and how well) when
 - their RSSI levels agree within ``rssi_tolerance_db`` plus their measuring error and, with
   two adapters, some adapter heard both (the phone did not jump across the room); a phone
   still moving when its old key fell quiet (someone walking in) is compared where it was
-  last heard, not by the slow mean that lags behind it, and
+  last heard, not by the slow mean that lags behind it (a key heard only held to the
+  gateway, a check-in, has no level yet: the timing decides), and
 - the timing is that of a rotation:
 
   - **Bluezone Android** takes a new ID when advertising restarts, and restarts every cycle:
@@ -233,6 +234,9 @@ class Trail(NamedTuple):
     dwell_s: float = 0.0
     """How long the phone had been inside, over the keys linked into its visit, when this
     key was last heard (0 for a key that never entered)."""
+    held: bool = False
+    """Every advert of the key so far came at check-in strength, the phone held to the
+    gateway: its level says nothing yet of where its owner stands."""
 
 
 def quarter_hour_phase(wall: Callable[[float], float]) -> Callable[[float], float]:
@@ -271,19 +275,32 @@ def mismatch(
         return None
     if old.first_heard >= new.first_heard or old.last_heard > new.first_heard + policy.overlap_s:
         return None
+    if old.roles and new.roles and not old.roles & new.roles:
+        return None
+    if not old.inside_at_end:
+        return None  # it went quiet outside the zone: it left, it did not rotate
+    score = _level_cost(new, old, policy)
+    if score is None:
+        return None
+    timing = _timing(new, old, policy, phase)
+    return None if timing is None else score + timing
+
+
+def _level_cost(new: Trail, old: Trail, policy: LinkPolicy) -> float | None:
+    """Return the level part of `mismatch`, None when the levels are too far apart.
+
+    A key heard only held to the gateway has no level yet to compare: it counts as a level
+    that fits as well as most (a squared z of 1), and the timing decides.
+    """
+    if new.held or old.held:
+        return 1.0
     expected, moved = _expected_level(old, policy)
     # Measuring error, and how far a phone still moving may have gone on (0 for one at rest).
     spread = math.hypot(old.rssi_se, new.rssi_se, moved)
     level = abs(expected - new.rssi)
     if level > policy.rssi_tolerance_db + 2.5 * spread:
         return None
-    if old.roles and new.roles and not old.roles & new.roles:
-        return None
-    if not old.inside_at_end:
-        return None  # it went quiet outside the zone: it left, it did not rotate
-    score = _normal(level, math.hypot(policy.motion_db, spread), policy.motion_db)
-    timing = _timing(new, old, policy, phase)
-    return None if timing is None else score + timing
+    return _normal(level, math.hypot(policy.motion_db, spread), policy.motion_db)
 
 
 def _timing(

@@ -143,6 +143,7 @@ def _trail(track: _Track, sigma_db: float) -> Trail:
         cycle_sd_s=0.0 if cycle is None else cycle[1],
         dwell_s=track.t_last - track.visit_start if track.visit else 0.0,
         rssi_end=track.rest_sum / track.rest_w,
+        held=not track.rested,
         rate_hz=(track.sightings - 1) / heard
         if (heard := track.t_last - track.first_seen)
         else 0.0,
@@ -182,6 +183,7 @@ class _Track:
         "rest_at",
         "rest_sum",
         "rest_w",
+        "rested",
         "rolling_id",
         "rssi_max",
         "sightings",
@@ -194,7 +196,7 @@ class _Track:
         "weighted_sum",
     )
 
-    def __init__(self, s: Sighting) -> None:
+    def __init__(self, s: Sighting, *, held: bool) -> None:
         self.key = s.key
         self.app: App = s.app
         self.platform: Platform | None = s.platform
@@ -228,15 +230,15 @@ class _Track:
         self.checked_in = False
         self.checkin_armed = True
         self.close_run = 0
-        self.restart(s.t, s.rssi)
+        self.restart(s.t, s.rssi, held=held)
 
     @property
     def visiting(self) -> bool:
         """Whether it is inside, or has qualified and waits for its link to enter."""
         return self.inside or self.pending is not None
 
-    def restart(self, t: float, rssi: int) -> None:
-        """Begin a new approach with this sample as its first."""
+    def restart(self, t: float, rssi: int, *, held: bool) -> None:
+        """Begin a new approach with this sample as its first (``held``: see `add`)."""
         self.first_heard: dict[str, float] = {}
         """Role → first time heard by that side's adapter in this approach (two adapters)."""
         self.last_heard: dict[str, float] = {}
@@ -245,12 +247,15 @@ class _Track:
         self.rest_at = t
         """When a sample last went into the levels the linker compares (``level_*`` and
         ``rest_*``, the fast mean without the phone held to the gateway)."""
+        self.rested = not held
+        """Whether those levels hold a sample at rest (or the phone lies by the gateway):
+        until then they hold only the first, held sample, as a placeholder."""
         self.t_last = t
         self.first_seen = t
         self.sightings = 1
         self.rssi_max = rssi
 
-    def add(self, t: float, rssi: int, smoothing_s: float, *, held: bool = False) -> None:
+    def add(self, t: float, rssi: int, smoothing_s: float, *, held: bool) -> None:
         """Decay the old samples by the time since the last one, then add this one.
 
         ``held``: at check-in strength; left out of the linker's levels (`HELD_S`).
@@ -276,6 +281,9 @@ class _Track:
             self.rssi_max = rssi
         if held and t - self.rest_at < HELD_S:
             return
+        if not self.rested:  # the first sample at rest: the held one was a placeholder
+            self.rested = True
+            self.rest_sum = self.rest_w = self.level_sum = self.level_w = self.level_w2 = 0.0
         self.rest_at = t
         self.rest_sum += rssi
         self.rest_w += 1.0
@@ -371,7 +379,7 @@ class PresenceTracker:
         """Start tracking a new device key; forget the least recently heard one if full."""
         if self._opened is None:
             self._opened = s.t
-        track = self._tracks[s.key] = _Track(s)
+        track = self._tracks[s.key] = _Track(s, held=self._held(s))
         if self.policy.link:
             self._young.append(track)
         if len(self._tracks) > self.policy.max_devices:
@@ -398,15 +406,15 @@ class PresenceTracker:
             # now), or it was silent as long as `expire` takes to forget a device: start
             # afresh, so that when `expire` last ran does not matter.
             out += self._end_visit(track, t)
-            track.restart(t, s.rssi)
+            track.restart(t, s.rssi, held=self._held(s))
         else:
-            track.add(t, s.rssi, p.smoothing_s, held=s.rssi >= p.checkin_rssi)
+            track.add(t, s.rssi, p.smoothing_s, held=self._held(s))
 
     def _new_id(self, track: _Track, s: Sighting, out: list[PresenceEvent | CheckIn]) -> None:
         """An iPhone (keyed by address) whose rolling ID was learned, or changed."""
         if track.rolling_id is None:
             track.rolling_id = s.rolling_id  # learned over GATT: the visit goes on, now with it
-            track.add(s.t, s.rssi, self.policy.smoothing_s, held=s.rssi >= self.policy.checkin_rssi)
+            track.add(s.t, s.rssi, self.policy.smoothing_s, held=self._held(s))
             return
         # A new quarter hour, a new ID: per-ID visits, as for Android phones. The address is
         # the same, so the next visit surely continues this one.
@@ -414,7 +422,7 @@ class PresenceTracker:
         if track.visit and self.policy.link:
             track.chain_hint = (track.chain or track.visit, track.rolling_id)
         track.rolling_id = s.rolling_id
-        track.restart(s.t, s.rssi)
+        track.restart(s.t, s.rssi, held=self._held(s))
 
     def _stay_or_leave(
         self,
@@ -434,7 +442,7 @@ class PresenceTracker:
             track.weak_since = s.t
         elif s.t - track.weak_since >= p.exit_weak_s:
             out += self._end_visit(track, s.t)
-            track.restart(s.t, s.rssi)
+            track.restart(s.t, s.rssi, held=self._held(s))
 
     def expire(self, now: float) -> list[PresenceEvent]:
         """End visits silent for longer than ``exit_timeout_s``; forget silent devices."""
@@ -636,6 +644,10 @@ class PresenceTracker:
         if self._opened_during(track):
             return trail._replace(burst_seen=False)
         return trail
+
+    def _held(self, s: Sighting) -> bool:
+        """Whether the phone is held to the gateway: a sample at check-in strength."""
+        return s.rssi >= self.policy.checkin_rssi
 
     def _opened_during(self, track: _Track) -> bool:
         """Whether the track's current burst was already on the air when the scan began."""

@@ -302,3 +302,14 @@ def test_a_badly_timed_rotation_counts_only_so_much():
     steady = old._replace(cycle_s=30.0, cycle_sd_s=0.04)
     assert link(new, steady._replace(dwell_s=3600.0)) == "old-a"  # the guard rotated
     assert link(new, steady._replace(dwell_s=20.0)) is None  # a visitor may have left
+
+
+def test_a_key_heard_only_held_to_the_gateway_is_linked_by_its_timing():
+    old, new = background_rotation(10, "a", rssi=-72.0)
+    held = new._replace(rssi=-38.0, rssi_se=6.0)
+    assert link(held, old) is None  # as a level, 34 dB off
+    assert link(held._replace(held=True), old) == "old-a"
+    late = held._replace(
+        held=True, first_heard=held.first_heard + 3, last_heard=held.last_heard + 3
+    )
+    assert link(late, old) is None  # the timing must still fit

@@ -415,6 +415,20 @@ def test_a_phone_held_to_the_gateway_is_linked_where_its_owner_stands():
     assert entries[new].continues == old
 
 
+def test_a_new_id_first_heard_held_to_the_gateway_is_linked_by_its_timing():
+    old, new = "0a" * 12, "0b" * 12
+    # The new ID's first adverts come while the visitor holds the phone to the gateway: the
+    # check-in enters it at once, before any advert says where its owner stands.
+    samples = [
+        s._replace(rssi=-40) if BOUNDARY + 20 <= s.t < BOUNDARY + 23 else s
+        for s in android_bursts(old, new, phase=10, until=BOUNDARY + 120, rssi=-72)
+    ]
+    events = run(PresenceTracker(policy()), samples, BOUNDARY + 200)
+    entries = {e.key: e for e in events if e.type is EventType.ENTRY}
+    assert entries[new].at < BOUNDARY + 20.5
+    assert entries[new].continues == old
+
+
 def test_a_phone_lying_by_the_gateway_is_linked_at_the_level_it_lies_at():
     # Heard at check-in strength and nothing else for over two hours: it lies there, and
     # that is its level (not a level left over from before, ever less sure).

@@ -224,6 +224,12 @@ def test_an_iphone_id_is_read_over_gatt_and_used(gateway, bluez):
     for _ in range(40):
         bluez.advertise(path, rssi=-55)
         time.sleep(0.05)
+    # The read runs beside the scan and may end after the adverts above on a loaded machine;
+    # the ID rides on the adverts that follow it.
+    gw.wait_log(r"Read the rolling ID of iPhone", timeout=30)
+    for _ in range(10):
+        bluez.advertise(path, rssi=-55)
+        time.sleep(0.05)
     events = gw.wait_events(2)
     assert gw.stop() == 0
     assert [(e["type"], e["platform"]) for e in events] == [("entry", "ios"), ("exit", "ios")]

@@ -2,10 +2,9 @@
 
 Issue 10's acceptance asks for link precision >= 0.99 and recall >= 0.95 on days with staff
 present for hours and crowds passing at the quarter hours. These tests print what the linker
-reaches there, per day and pooled over four days, and hold the pooled numbers to the floors
-below, a little under what it reaches today (README, "Visits", gives the numbers and where it
-falls short), so that it cannot silently get worse. The invariant that matters for tracing is
-asserted exactly: linking changes no per-ID event.
+reaches there, per day and pooled over four days, and hold the pooled numbers to those two
+targets (README, "Visits", gives the numbers on more days, and on days never tuned on). The
+invariant that matters for tracing is asserted exactly: linking changes no per-ID event.
 
 The gateway has been running for a while when the first quarter hour comes (the capture
 starts 11 minutes before it), as it has on any day but the one it was installed: a burst that
@@ -31,7 +30,7 @@ from gateway.store import EventStore
 
 SEEDS = (1, 2, 3, 4)
 PRECISION_FLOOR = 0.99
-RECALL_FLOOR = 0.93
+RECALL_FLOOR = 0.95
 START = DEFAULT_START + 300.0
 """07:05Z: staff sit from 07:04, the first quarter hour is at 07:15."""
 

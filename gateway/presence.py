@@ -27,7 +27,10 @@ fell silent, and memory stays bounded by ``max_devices``.
 Linking (``link``, gateway/linker.py): when a key enters, the tracker asks whether it continues
 a key of the same phone heard a moment ago (a quarter-hour ID rotation, a new address). If so
 the entry carries ``continues`` and both keys share a ``chain``: one visit of one phone, while
-the events stay per key.
+the events stay per key. The levels it compares keys by are slower means (`LEVEL_S`) that
+leave out adverts at check-in strength (`HELD_S`): where the owner stands, not where the
+phone was held for a moment. A Bluezone Android key that continues another keeps the
+rhythm its phone showed (the learned cycle is the phone's, not the ID's).
 """
 
 from __future__ import annotations

@@ -133,3 +133,24 @@ def test_bench_all_writes_the_summary_first(tmp_path, capsys):
     assert "| replay ≥ 100,000 adverts/s on one core |" in text
     assert text.count("| fsyncs ≤ 2/s under load |") == 1  # replaced, not added again
     assert "This run measured store; the other rows are from an earlier run." in text
+
+
+def test_the_measured_code_is_the_commit_and_the_markdown_it_rewrites_does_not_count(
+    tmp_path, monkeypatch
+):
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "docs" / "benchmarks.md").write_text("# Benchmarks\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path / "bench")
+    assert bench.code_version().startswith("commit ")
+    (tmp_path / "docs" / "benchmarks.md").write_text("# Benchmarks, rewritten by the run\n")
+    assert not bench.code_version().endswith("with uncommitted changes")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert bench.code_version().endswith("with uncommitted changes")

@@ -557,7 +557,9 @@ class Publisher:
         if client is not self._client or self._loop is None:
             return
         client.loop_write()
-        if client.want_write():  # the socket buffer is full: wait until it drains
+        # The socket buffer is full: wait until it drains. Unless the write found the
+        # connection gone and paho closed the socket (at shutdown, or a broker lost).
+        if client.want_write() and sock.fileno() >= 0:
             self._loop.add_writer(sock, client.loop_write)
 
     def _remove(self, sock: Any) -> None:

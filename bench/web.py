@@ -54,7 +54,7 @@ OBSERVER = """() => {
 }"""
 
 
-def _phone(n: int) -> dict[str, str]:
+def _phone(n: int) -> dict[str, Any]:
     """A distinct phone per check-in: one phone checks in once until it moves away."""
     return {"rolling_id": f"{n:024x}", "address": f"5A:00:00:00:{n // 256:02X}:{n % 256:02X}"}
 

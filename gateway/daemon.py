@@ -219,6 +219,7 @@ class Daemon:
             )
             if cfg.web.enabled:
                 self.web = self._web_view(pipeline, web_token)
+            store.on_commit = self._on_commit
             return await self._serve(pipeline)
         finally:
             store.close()
@@ -268,6 +269,13 @@ class Daemon:
         _LOGGER.info("Stopped: %s", _summary(pipeline, self.dropped))
         return 1 if failed else 0
 
+    def _on_commit(self, seconds: float, rows: int) -> None:
+        """Events were committed: time it for ``/metrics``, and send them to central now."""
+        if self.web is not None:
+            self.web.on_commit(seconds, rows)
+        if self.publisher is not None:
+            self.publisher.committed()
+
     def _web_view(self, pipeline: Pipeline, token: str | None) -> WebView:
         """Return the desk's page over this pipeline, fed by its hooks (`_serve` starts it)."""
         feeds = Feeds(
@@ -282,7 +290,6 @@ class Daemon:
             self.config, pipeline.store, feeds, token=token, reads_ids=self._gatt is not None,
             clock=self._wall_clock,
         )  # fmt: skip
-        pipeline.store.on_commit = view.on_commit
         if self._gatt is not None:
             self._gatt.on_read = view.on_read
         return view

@@ -163,7 +163,12 @@ class EventStore:
         self._lock_fd = lock_fd
         self._last_seq = _read_last_seq(db)
         self._buffer: list[tuple[Any, ...]] = []
-        self._buffer_since: float | None = None  # time.monotonic() of the oldest buffered row
+        self._last_commit = time.monotonic()
+        """When the last commit (or the opening) was: commits are at least
+        ``commit_interval_s`` apart, so an event that finds the last one that long ago is
+        committed at once (a quiet entrance: every event leaves at once), and one that comes
+        sooner waits for the rest of the interval with whatever else comes (a crowd: one
+        fsync a second)."""
         self._open_visits: dict[int, tuple[str, float]] = {}  # visit -> (entry id, entry at)
         self._visit_ids: OrderedDict[int, str] = OrderedDict()
         """Chain (the engine's first visit number of a phone's visit) -> its ``visit_id``."""
@@ -284,8 +289,6 @@ class EventStore:
             unsynced = None if clock_synced else (self._boot_id, at_unix - ev.at)
             self._buffer.append((*event.values(), round(at_unix, 3), *(unsynced or (None, None))))
             stamped.append(event)
-        if stamped and self._buffer_since is None:
-            self._buffer_since = time.monotonic()
         self.maybe_flush()
         return stamped
 
@@ -304,12 +307,16 @@ class EventStore:
         return visit_id
 
     def maybe_flush(self) -> int:
-        """Flush if the buffer is full or older than ``commit_interval_s``; return rows written."""
-        if self._buffer_since is None:
+        """Flush if the buffer is full or the last commit is ``commit_interval_s`` old; return rows.
+
+        An event therefore waits ``commit_interval_s`` at most, when this is called as often
+        (`Pipeline.tick`).
+        """
+        if not self._buffer:
             return 0
         if (
             len(self._buffer) >= MAX_BUFFERED_ROWS
-            or time.monotonic() - self._buffer_since >= self._commit_interval_s
+            or time.monotonic() - self._last_commit >= self._commit_interval_s
         ):
             return self.flush()
         return 0
@@ -336,7 +343,7 @@ class EventStore:
             msg = f"could not commit {len(rows)} events to {self._path}: {e}"
             raise StoreError(msg) from e
         self._buffer = []
-        self._buffer_since = None
+        self._last_commit = time.monotonic()
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started, len(rows))
         return len(rows)

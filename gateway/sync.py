@@ -243,6 +243,13 @@ class Publisher:
                     await lost.wait()
         self._teardown()
 
+    def committed(self) -> None:
+        """New events are in the outbox (the store's commit hook): send them now.
+
+        Otherwise the publisher finds them at its next look, up to `POLL_S` later.
+        """
+        self._wake.set()
+
     def restamped(self, seqs: Iterable[int]) -> None:
         """Publish these outbox events again: their stored copies changed (clock correction).
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from gateway import store as store_module
 from gateway.model import App, EventType, Platform, PresenceEvent, iso_utc, parse_iso_utc
 from gateway.store import EventStore, StoreError, _uuid7
 from tests._store_writer import EVENTS_PER_FLUSH
@@ -217,6 +219,33 @@ def test_a_full_buffer_commits_without_waiting(db_path: Path) -> None:
         assert raw_seqs(db_path) == []
         store.append([presence(visit=499)], wall=wall, clock_synced=True)
         assert len(raw_seqs(db_path)) == 500
+
+
+def test_commits_are_an_interval_apart_and_a_quiet_store_commits_at_once(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    fake = types.SimpleNamespace(
+        monotonic=lambda: clock[0], perf_counter=time.perf_counter, time_ns=time.time_ns
+    )
+    monkeypatch.setattr(store_module, "time", fake)
+    with EventStore.open(db_path, gateway="gw", site="hq", commit_interval_s=1.0) as store:
+        store.append([presence(visit=1)], wall=wall, clock_synced=True)
+        assert raw_seqs(db_path) == []  # the store opened a moment ago: the first waits
+        clock[0] += 1.0
+        assert store.maybe_flush() == 1
+        clock[0] += 30.0  # a quiet entrance: the next event leaves at once
+        store.append([presence(visit=2)], wall=wall, clock_synced=True)
+        assert raw_seqs(db_path) == [1, 2]
+        clock[0] += 0.25  # a crowd: the next waits for the rest of the interval, with others
+        store.append([presence(visit=3)], wall=wall, clock_synced=True)
+        clock[0] += 0.5
+        store.append([presence(visit=4)], wall=wall, clock_synced=True)
+        assert store.maybe_flush() == 0
+        assert raw_seqs(db_path) == [1, 2]
+        clock[0] += 0.25
+        assert store.maybe_flush() == 2
+        assert raw_seqs(db_path) == [1, 2, 3, 4]
 
 
 def test_zero_commit_interval_commits_every_append(db_path: Path) -> None:

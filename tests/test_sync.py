@@ -17,12 +17,15 @@ from typing import Any
 import orjson
 from jsonschema import Draft202012Validator
 
-from gateway import schemas
+from gateway import config, schemas
+from gateway import sync as sync_module
 from gateway.config import MqttSection
+from gateway.daemon import Daemon, Emit
 from gateway.model import App, EventType, Platform, PresenceEvent, iso_utc
 from gateway.store import EventStore
 from gateway.sync import Publisher
 from tests.broker import Broker, Subscriber, publish_once, unique_site
+from tests.factories import ROLLING_ID, android_advert
 
 pytest_plugins = ("tests.broker",)
 
@@ -392,3 +395,42 @@ def test_events_restamped_mid_sync_reach_the_broker_corrected_under_the_same_id(
     expected = [iso_utc(T0 + n + d) for n in range(pairs) for d in (0, 20)]
     assert [e["ts"] for e in sorted(latest.values(), key=lambda e: e["seq"])] == expected
     sub.close(keep_session=False)
+
+
+async def test_a_commit_sends_its_events_without_waiting_for_the_publisher_to_look(
+    broker, tmp_path, monkeypatch
+):
+    # The publisher looks at the outbox on its own only every POLL_S when idle; made an hour
+    # here, an entry still reaches central: the store's commit wakes it.
+    monkeypatch.setattr(sync_module, "POLL_S", 3600.0)
+    site = unique_site()
+    sub = Subscriber(broker, "central", [f"bluezone/v1/{site}/gw-001/events"])
+    mqtt = settings(broker, tmp_path)
+    cfg = config.parse(
+        f'[gateway]\nid = "gw-001"\nsite = "{site}"\ndata_dir = "{tmp_path}"\n'
+        f'[mqtt]\nhost = "localhost"\nport = {mqtt.port}\nca_file = "{mqtt.ca_file}"\n'
+        f'username = "gw-001"\npassword_file = "{mqtt.password_file}"\n'
+        "health_interval_s = 3600\n[web]\nenabled = false\n"
+    )
+    daemon: Daemon | None = None
+
+    async def source(emit: Emit) -> None:
+        while daemon is None or daemon.publisher is None or not daemon.publisher.connected:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the connection's own messages acknowledged: idle
+        for _ in range(20):
+            emit(android_advert(t=time.monotonic(), rssi=-55))
+            await asyncio.sleep(0.05)
+        await asyncio.Event().wait()
+
+    daemon = Daemon(cfg, source)
+    task = asyncio.create_task(daemon.run())
+    try:
+        got = await asyncio.to_thread(
+            sub.wait_for, lambda ms: any(b'"entry"' in m.payload for m in ms), 30
+        )
+    finally:
+        daemon.stop()
+        assert await task == 0
+        sub.close(keep_session=False)
+    assert check("event", got[0].payload)["rolling_id"] == ROLLING_ID

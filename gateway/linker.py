@@ -81,6 +81,11 @@ MIN_CYCLES: Final = 3
 """Gaps between burst starts needed before a phone's own period is trusted."""
 MAX_JOINT: Final = 10
 """Most new keys weighed together in one joint assignment (`find_predecessor`)."""
+ASSIGN_BUDGET: Final = 20_000
+"""Most branches one joint assignment explores. A crowd of look-alike keys at one quarter hour
+(dozens of passers-by just gone quiet, all at one level, with as many new keys) made a single
+decision take seconds to minutes of CPU, the gateway frozen meanwhile; past the budget no link
+is made (a missed link splits a visit, it never merges two people)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,10 +528,12 @@ def find_predecessor(
     if not local[0]:
         return None
     best, assignment = _assign(local, policy.unlinked_cost)
-    chosen = assignment[0]
+    chosen = assignment[0] if assignment else None
     if chosen is None:
         return None
-    without, _ = _assign(local, policy.unlinked_cost, forbid=chosen)
+    without, rest = _assign(local, policy.unlinked_cost, forbid=chosen)
+    if not rest:
+        return None  # too many ways to tell: see ASSIGN_BUDGET
     return olds[chosen] if without - best >= policy.margin else None
 
 
@@ -581,16 +588,20 @@ def _assign(
     """Return the least-cost assignment of new keys (rows) to distinct old keys, and its cost.
 
     ``forbid``: an old key the first new key may not take. Branch and bound (each row costs
-    at least its cheapest choice): the components are a few keys (`MAX_JOINT`).
+    at least its cheapest choice): the components are a few keys (`MAX_JOINT`). An empty
+    assignment (and an infinite cost) when the search would take more than `ASSIGN_BUDGET`
+    branches: no answer is then sure enough to link by.
     """
     floor = [min(unlinked, *row.values()) for row in edges]
     rest = [sum(floor[i:]) for i in range(len(edges) + 1)]
     best_cost = math.inf
     best_picks: list[int | None] = []
+    budget = ASSIGN_BUDGET
 
     def walk(i: int, used: frozenset[int], cost: float, picks: list[int | None]) -> None:
-        nonlocal best_cost, best_picks
-        if cost + rest[i] >= best_cost:
+        nonlocal best_cost, best_picks, budget
+        budget -= 1
+        if budget < 0 or cost + rest[i] >= best_cost:
             return
         if i == len(edges):
             best_cost, best_picks = cost, picks
@@ -601,6 +612,8 @@ def _assign(
         walk(i + 1, used, cost + unlinked, [*picks, None])
 
     walk(0, frozenset(), 0.0, [])
+    if budget < 0:
+        return math.inf, []
     return best_cost, best_picks
 
 

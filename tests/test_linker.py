@@ -313,3 +313,16 @@ def test_a_key_heard_only_held_to_the_gateway_is_linked_by_its_timing():
         held=True, first_heard=held.first_heard + 3, last_heard=held.last_heard + 3
     )
     assert link(late, old) is None  # the timing must still fit
+
+
+def test_a_crowd_of_look_alike_keys_is_not_weighed_for_ever():
+    # Forty passers-by gone quiet at one level just before the quarter hour, ten new keys
+    # just after, every pairing as good as any other: the joint assignment's branches would
+    # run into the billions. Past its budget the link is not made: no answer is sure enough.
+    olds = []
+    for n in range(40):
+        old, _ = background_rotation(10 + n * 0.01, f"p{n}")
+        olds.append(old)
+    news = [background_rotation(10 + n * 0.01, f"q{n}")[1] for n in range(10)]
+    found = find_predecessor(news[0], olds, news[1:], POLICY, PHASE, news[0].first_heard + 5)
+    assert found is None

@@ -265,7 +265,7 @@ def _clear_of_the_quarter_hour(run_s: float) -> None:
     For a minute or so after each quarter hour (UTC) a new Bluezone Android key may be the
     rotation of one that just went quiet, and its entry waits up to `LinkPolicy.max_wait_s`
     for the link to be decided (README, "Visits"): with phones leaving and arriving all the
-    time, entries there wait 10 s and more. That is the linker's price, not this path's.
+    time, many wait that long. That is the linker's price, not this path's.
     """
     window = _quarter_hour_window()
     phase = time.time() % SLOT_S

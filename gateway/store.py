@@ -166,9 +166,8 @@ class EventStore:
         self._last_commit = time.monotonic()
         """When the last commit (or the opening) was: commits are at least
         ``commit_interval_s`` apart, so an event that finds the last one that long ago is
-        committed at once (a quiet entrance: every event leaves at once), and one that comes
-        sooner waits for the rest of the interval with whatever else comes (a crowd: one
-        fsync a second)."""
+        committed at once (at a quiet entrance, most are), and one that comes sooner waits
+        for the rest of the interval with whatever else comes (a crowd: one fsync a second)."""
         self._open_visits: dict[int, tuple[str, float]] = {}  # visit -> (entry id, entry at)
         self._visit_ids: OrderedDict[int, str] = OrderedDict()
         """Chain (the engine's first visit number of a phone's visit) -> its ``visit_id``."""
@@ -309,8 +308,8 @@ class EventStore:
     def maybe_flush(self) -> int:
         """Flush if the buffer is full or the last commit is ``commit_interval_s`` old; return rows.
 
-        An event therefore waits ``commit_interval_s`` at most, when this is called as often
-        (`Pipeline.tick`).
+        An event therefore waits ``commit_interval_s`` at most, plus the time until the next
+        call (the next event's `append`, or `Pipeline.tick` once a second).
         """
         if not self._buffer:
             return 0
